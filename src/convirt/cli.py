@@ -1,0 +1,62 @@
+"""The `convirt` command line: a thin layer that parses arguments and calls library functions.
+
+Each command group lives beside the code it drives and exposes ``register(subparsers)``; this module only
+collects them. Errors a user can cause (:class:`convirt.errors.ConvirtError`) are printed as one clear message
+with exit status 2, never as a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from convirt.errors import ConvirtError
+
+# Modules that add sub-commands. Each must define ``register(subparsers) -> None`` and set ``func`` defaults.
+COMMAND_MODULES = (
+    "convirt.engine.commands",  # pretrain
+    "convirt.export",  # export
+    "convirt.prepare.commands",  # prepare
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convirt",
+        description="ConVIRT: contrastive pretraining of medical image encoders from paired images and reports.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        result = args.func(args)
+    except ConvirtError as exc:
+        if os.environ.get("CONVIRT_DEBUG"):
+            raise
+        print(f"convirt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convirt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

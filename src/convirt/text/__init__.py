@@ -1,0 +1,1 @@
+"""Radiology report text: section extraction, sentence splitting and tokenisation for filtering."""
