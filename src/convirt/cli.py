@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "convirt.engine.commands",  # pretrain
     "convirt.export",  # export
     "convirt.prepare.commands",  # prepare
+    "convirt.evaluation.commands",  # evaluate classify | retrieval | zeroshot
+    "convirt.analysis.commands",  # plot tsne | saliency, index, search
 )
 
 

@@ -1,0 +1,69 @@
+"""Labelled-dataset adapters: each converts one real on-disk layout into the canonical labelled manifest.
+
+=============== ======================================================================================== =========
+spec            layout                                                                                   module
+=============== ======================================================================================== =========
+``imagefolder:``  ``ROOT/CLASS/*.png`` or ``ROOT/{train,val,test}/CLASS/*`` (e.g. Kermany pneumonia)      imagefolder
+``csv:``          any table with an image column and label column(s)                                     csv
+``rsna:``         Kaggle RSNA Pneumonia stage 2: ``stage_2_train_labels.csv`` + ``stage_2_train_images/``  rsna
+``chexpert:``     CheXpert v1.0 (or -small): ``train.csv``, ``valid.csv``, ``train/``, ``valid/``          chexpert
+``covidx:``       COVIDx v4+: ``train.txt``/``test.txt`` split files + ``train/``, ``test/`` folders        covidx
+``mura:``         MURA v1.1: ``{train,valid}_image_paths.csv``, ``{train,valid}_labeled_studies.csv``        mura
+``manifest:``     an existing canonical labelled manifest (see :mod:`convirt.data.labelled`)              --
+=============== ======================================================================================== =========
+
+:func:`load_labelled_dataset` takes ``KIND:PATH`` (a bare folder means ``imagefolder``, a bare file a canonical
+manifest) plus keyword options that the adapter accepts (``val_size``, ``seed``, ``uncertain`` ...), and returns a
+validated :class:`~convirt.data.labelled.LabelledManifest`. Every adapter also exposes ``build(path, **options)``.
+Save the result with :func:`convirt.data.labelled.write_labelled_manifest` to freeze the split.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+
+from convirt.data.labelled import LabelledManifest, read_labelled_manifest
+from convirt.errors import ConfigError
+
+ADAPTERS = {
+    "imagefolder": "convirt.data.sources.imagefolder",
+    "csv": "convirt.data.sources.csv",
+    "rsna": "convirt.data.sources.rsna",
+    "chexpert": "convirt.data.sources.chexpert",
+    "covidx": "convirt.data.sources.covidx",
+    "mura": "convirt.data.sources.mura",
+}
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, Path]:
+    """``"rsna:/data/rsna"`` -> ``("rsna", Path("/data/rsna"))``; a bare path -> imagefolder or manifest."""
+    kind, sep, rest = str(spec).partition(":")
+    if sep and (kind in ADAPTERS or kind == "manifest"):
+        return kind, Path(rest)
+    path = Path(spec)
+    return ("imagefolder" if path.is_dir() else "manifest"), path
+
+
+def adapter_options(kind: str) -> list[str]:
+    """Keyword options the adapter ``kind`` accepts."""
+    module = importlib.import_module(ADAPTERS[kind])
+    return [p for p in inspect.signature(module.build).parameters if p != "root"]
+
+
+def load_labelled_dataset(spec: str | os.PathLike, **options) -> LabelledManifest:
+    """Load ``KIND:PATH`` through its adapter (options with value ``None`` are left at the adapter's default)."""
+    kind, path = parse_dataset_spec(str(spec))
+    options = {k: v for k, v in options.items() if v is not None}
+    if kind == "manifest":
+        if options:
+            raise ConfigError(f"options {sorted(options)} do not apply to a prepared manifest ({path})")
+        return read_labelled_manifest(path)
+    accepted = adapter_options(kind)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"dataset kind {kind!r} does not take option(s) {unknown}; it takes {accepted}")
+    module = importlib.import_module(ADAPTERS[kind])
+    return module.build(path, **options)

@@ -1,0 +1,158 @@
+"""Image transforms: the paper's augmentation family t_v, and deterministic evaluation transforms.
+
+Paper (Appendix A), applied in sequence with torchvision:
+
+1. random crop covering an **area** fraction in [0.6, 1.0] of the image (aspect ratio of the crop in
+   [3/4, 4/3], torchvision's default; the paper does not give one). The crop is NOT resized here;
+2. horizontal flip with p = 0.5;
+3. affine: rotation in [-20, 20] degrees, translation up to 0.1 of width/height, scale in [0.95, 1.05];
+4. colour jitter: brightness and contrast factors in [0.6, 1.4] (no saturation/hue: radiographs are monochrome);
+5. Gaussian blur with sigma in [0.1, 3.0] (kernel 23 px, about +-3.7 sigma at the largest sigma);
+6. finally resize to 224 x 224.
+
+Inputs are one-channel uint8 images (see :func:`convirt.data.images.load_image`); the output is a float tensor
+(3, 224, 224) normalised with ImageNet statistics, the channel repeated because ImageNet-shaped encoders expect
+three channels. All randomness comes from torch's global generator, so a caller that seeds it per sample gets
+reproducible views (the paired dataset does, which makes a resumed run draw the same views).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import RandomResizedCrop as _RRC
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentationParams:
+    """The augmentation family's parameters; defaults are the paper's (Appendix A)."""
+
+    crop_area: tuple[float, float] = (0.6, 1.0)
+    crop_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_p: float = 0.5
+    rotation_degrees: float = 20.0
+    translate: float = 0.1
+    affine_scale: tuple[float, float] = (0.95, 1.05)
+    brightness: tuple[float, float] = (0.6, 1.4)
+    contrast: tuple[float, float] = (0.6, 1.4)
+    blur_sigma: tuple[float, float] = (0.1, 3.0)
+    blur_kernel_size: int = 23
+    output_size: int = 224
+
+
+class RandomAreaCrop(torch.nn.Module):
+    """Crop a random region covering ``area`` of the image (aspect ratio in ``ratio``) without resizing it."""
+
+    def __init__(self, area: Sequence[float], ratio: Sequence[float]) -> None:
+        super().__init__()
+        self.area, self.ratio = tuple(area), tuple(ratio)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, height, width = _RRC.get_params(image, list(self.area), list(self.ratio))
+        return TF.crop(image, top, left, height, width)
+
+    def extra_repr(self) -> str:
+        return f"area={self.area}, ratio={self.ratio}"
+
+
+class RandomGaussianBlur(torch.nn.Module):
+    """Gaussian blur with sigma ~ U[sigma_min, sigma_max], as torchvision's GaussianBlur (reflect padding, same
+    kernel), computed as two 1-D convolutions: several times faster on CPU for single-channel images."""
+
+    def __init__(self, kernel_size: int, sigma: Sequence[float]) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0 or kernel_size < 3:
+            raise ValueError("blur kernel size must be odd and >= 3")
+        self.kernel_size, self.sigma = kernel_size, (float(sigma[0]), float(sigma[1]))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.empty(1).uniform_(self.sigma[0], self.sigma[1]).item())
+        return gaussian_blur(image, self.kernel_size, sigma)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, sigma={self.sigma}"
+
+
+def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (C, H, W) image; uint8 in -> uint8 out (rounded), float in -> float out."""
+    half = kernel_size // 2
+    offsets = torch.arange(-half, half + 1, dtype=torch.float32)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    weights = weights / weights.sum()
+    channels = image.shape[0]
+    x = image.float().unsqueeze(0)
+    x = torch.nn.functional.pad(x, (half, half, half, half), mode="reflect")
+    x = torch.nn.functional.conv2d(x, weights.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    x = torch.nn.functional.conv2d(x, weights.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    x = x.squeeze(0)
+    if image.dtype == torch.uint8:
+        return x.round_().clamp_(0, 255).to(torch.uint8)
+    return x.to(image.dtype)
+
+
+class ToModelInput(torch.nn.Module):
+    """uint8 (1 or 3, H, W) -> float (3, H, W), scaled to [0, 1] and ImageNet-normalised."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.float().div_(255.0)
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        return (image - self.mean) / self.std
+
+
+class PadToSquare(torch.nn.Module):
+    """Zero-pad (black) the shorter side symmetrically so the image is square (Appendix B input pipeline)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        side = max(height, width)
+        left, top = (side - width) // 2, (side - height) // 2
+        return TF.pad(image, [left, top, side - width - left, side - height - top], fill=0)
+
+
+def pil_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    return TF.pil_to_tensor(image)
+
+
+def paper_augmentation(params: AugmentationParams | None = None) -> v2.Compose:
+    """The pretraining view t_v (uint8 tensor in, normalised float tensor out)."""
+    p = params or AugmentationParams()
+    return v2.Compose(
+        [
+            RandomAreaCrop(p.crop_area, p.crop_aspect_ratio),
+            v2.RandomHorizontalFlip(p.hflip_p),
+            v2.RandomAffine(
+                degrees=p.rotation_degrees,
+                translate=(p.translate, p.translate),
+                scale=p.affine_scale,
+                interpolation=InterpolationMode.BILINEAR,
+            ),
+            v2.ColorJitter(brightness=p.brightness, contrast=p.contrast),
+            RandomGaussianBlur(p.blur_kernel_size, p.blur_sigma),
+            v2.Resize((p.output_size, p.output_size), antialias=True),
+            ToModelInput(),
+        ]
+    )
+
+
+def resize_transform(size: int = 224) -> v2.Compose:
+    """Deterministic view for pretraining validation and embedding: resize to size x size (like the views)."""
+    return v2.Compose([v2.Resize((size, size), antialias=True), ToModelInput()])
+
+
+def pad_resize_transform(size: int = 224) -> v2.Compose:
+    """Deterministic classification input (Appendix B): zero-pad to square, then resize to size x size."""
+    return v2.Compose([PadToSquare(), v2.Resize((size, size), antialias=True), ToModelInput()])

@@ -1,0 +1,116 @@
+"""Engine plumbing: atomic checkpoint writes and the loss-curve figure."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from convirt.fileio import atomic_open, atomic_savefig
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file, fsyncs it and renames it into place: a process killed while
+    saving leaves the previous checkpoint intact, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        with atomic_open(path, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+
+def read_metric_logs(log_dir: str | os.PathLike) -> pd.DataFrame:
+    """All CSV logs of a run (one ``version_N`` folder per session, resumed sessions included), merged by step."""
+    frames = []
+    for file in sorted(glob.glob(os.path.join(str(log_dir), "version_*", "metrics.csv")), key=_version_number):
+        try:
+            frame = pd.read_csv(file)
+        except (pd.errors.EmptyDataError, OSError):
+            continue
+        frame["_session"] = _version_number(file)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["step"])
+    merged = pd.concat(frames, ignore_index=True)
+    # A resumed session repeats the steps after its checkpoint: keep the latest session's values.
+    return merged.sort_values(["step", "_session"]).reset_index(drop=True)
+
+
+def _version_number(path: str) -> int:
+    part = Path(path).parent.name.removeprefix("version_")
+    return int(part) if part.isdigit() else -1
+
+
+def _latest_per_step(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame:
+        return pd.Series(dtype=float)
+    rows = frame[["step", "_session", column]].dropna()
+    rows = rows.sort_values(["step", "_session"]).groupby("step").last()
+    return rows[column]
+
+
+def plot_loss_curve(log_dir: str | os.PathLike, output: str | os.PathLike) -> bool:
+    """Train loss (raw + smoothed) and validation loss against step; returns False when there is nothing yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = read_metric_logs(log_dir)
+    train = _latest_per_step(frame, "train/loss")
+    val = _latest_per_step(frame, "val/loss")
+    if train.empty and val.empty:
+        return False
+    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=120)
+    if not train.empty:
+        axis.plot(train.index, train.values, color="#9ecae1", linewidth=0.8, label="train (per logged step)")
+        span = max(2, len(train) // 20)
+        axis.plot(
+            train.index, train.ewm(span=span).mean().values, color="#08519c", linewidth=1.8, label="train (smoothed)"
+        )
+    if not val.empty:
+        axis.plot(val.index, val.values, "o-", color="#d94801", linewidth=1.8, markersize=4, label="validation")
+    axis.set_xlabel("step")
+    axis.set_ylabel("ConVIRT loss")
+    axis.set_title("Pretraining loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    atomic_savefig(figure, output)
+    plt.close(figure)
+    return True
+
+
+class LossCurve(L.Callback):
+    """Writes OUTPUT/loss_curve.png at the end of training (and after each validation, so it is never stale)."""
+
+    def __init__(self, log_dir: str | os.PathLike, output: str | os.PathLike) -> None:
+        self.log_dir, self.output = log_dir, output
+
+    def _draw(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        plot_loss_curve(self.log_dir, self.output)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._draw(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer)
+
+
+def finite_or_none(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,1 @@
+"""Evaluation of pretrained encoders: classification (linear probe, fine-tuning), retrieval, zero-shot."""

@@ -1,0 +1,131 @@
+"""Fine-tuning (the paper's recipe): a 200-step head-only warm-up at lr 1e-3, then everything trains.
+
+Warm-up: the encoder is frozen and kept in eval mode (its BatchNorm statistics do not move), only the head
+trains, for ``Recipe.warmup_steps`` steps at ``Recipe.warmup_lr`` (batches drawn as in the epochs, continuing
+across epoch boundaries if the training set is small). Then the encoder is unfrozen and a fresh Adam optimiser at
+the task's lr trains encoder + head with the shared epoch loop (validation each epoch, plateau halving, early
+stop, best checkpoint). With ``fast`` the forward passes run under bf16 autocast with channels_last (weights
+and optimiser state stay float32). The caller's encoder is not modified (each run trains a deep copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from convirt.api import bf16_supported
+from convirt.data.labelled import LabelledTask
+from convirt.evaluation.classification.data import epoch_batches, image_batches
+from convirt.evaluation.classification.linear import _finish
+from convirt.evaluation.classification.training import (
+    EvalSplit,
+    LinearHead,
+    Recipe,
+    RunOutcome,
+    Timer,
+    fit,
+    make_validate,
+    targets_tensor,
+    task_loss,
+)
+from convirt.models.image import ImageEncoder
+
+WARMUP_EPOCH_OFFSET = 100_000  # warm-up batches use their own seeded stream of epochs
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, encoder: ImageEncoder, head: LinearHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))
+
+
+def finetune(
+    task: LabelledTask,
+    encoder: ImageEncoder,
+    train: EvalSplit,
+    val: EvalSplit,
+    test: EvalSplit,
+    recipe: Recipe | None = None,
+    seed: int = 0,
+    image_size: int = 224,
+    device: torch.device | str = "cpu",
+    fast: bool = True,
+    workers: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Fine-tune a copy of ``encoder`` with a linear head on ``train`` and score the best checkpoint on ``test``."""
+    recipe = recipe or Recipe()
+    timer = Timer()
+    device = torch.device(device)
+    lr = recipe.task_lr(task)
+    use_bf16 = fast and bf16_supported(device)
+    train_y = targets_tensor(task, train.targets).to(device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = copy.deepcopy(encoder).to(device)
+        if fast:
+            encoder = encoder.to(memory_format=torch.channels_last)
+        head = LinearHead(encoder.feature_dim, task.num_outputs, recipe.dropout).to(device)
+        model = EncoderClassifier(encoder, head)
+
+        def prepare(images: torch.Tensor) -> torch.Tensor:
+            images = images.to(device)
+            return images.to(memory_format=torch.channels_last) if fast else images
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            return model(prepare(images))
+
+        def batches_for(epoch: int):
+            return image_batches(train.images, epoch_batches(len(train), recipe.batch_size, seed, epoch), image_size,
+                                 workers)  # fmt: skip
+
+        # 1. head-only warm-up
+        encoder.requires_grad_(False)
+        encoder.eval()
+        head.train()
+        warmup = torch.optim.Adam(head.parameters(), lr=recipe.warmup_lr, weight_decay=recipe.weight_decay)
+        steps, round_ = 0, 0
+        while steps < recipe.warmup_steps:
+            for images, positions in batches_for(WARMUP_EPOCH_OFFSET + round_):
+                with torch.no_grad(), autocast():
+                    features = encoder(prepare(images))
+                loss = task_loss(task, head(features.float()), train_y[torch.as_tensor(positions)])
+                warmup.zero_grad(set_to_none=True)
+                loss.backward()
+                warmup.step()
+                steps += 1
+                if steps >= recipe.warmup_steps:
+                    break
+            round_ += 1
+        if log:
+            log(f"warm-up: {steps} head-only steps at lr {recipe.warmup_lr:g}")
+
+        # 2. everything trains
+        encoder.requires_grad_(True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+
+        def eval_forward(images: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return forward(images)
+
+        def eval_batches(split: EvalSplit):
+            batches = epoch_batches(len(split), recipe.batch_size, 0, 0, shuffle=False)
+            return lambda: image_batches(split.images, batches, image_size, workers)
+
+        validate = make_validate(task, eval_forward, eval_batches(val), val, model.eval)
+        result = fit(
+            task, model, forward, batches_for, train_y, validate, optimizer, recipe, model.train, autocast, log=log
+        )
+        return _finish(task, model, eval_forward, eval_batches(test), test, result, lr, timer)

@@ -1,0 +1,171 @@
+"""`convirt evaluate classify`: linear probe / fine-tuning of image encoders on a labelled dataset (Appendix B).
+
+Examples::
+
+    convirt evaluate classify --dataset imagefolder:../shared/data/kermany-pneumonia \\
+        --encoder random:resnet18 --encoder runs/covid/checkpoints/best.ckpt \\
+        --protocol linear --fractions 0.01,0.1,1 --seeds 5 --output runs/classify/kermany
+    convirt evaluate classify --dataset chexpert:/data/CheXpert-v1.0 --uncertain zeros --save-manifest chexpert.csv
+    convirt evaluate classify --dataset mura:/data/MURA-v1.1 --encoder export/ --protocol finetune
+
+``--dataset`` is ``KIND:PATH`` with KIND one of imagefolder, csv, rsna, chexpert, covidx, mura, manifest (see
+:mod:`convirt.data.sources`); the dataset options below apply to the kinds that take them. Without
+``--encoder``, ``--save-manifest`` only writes the labelled manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from convirt.errors import ConfigError
+
+DATASET_OPTIONS = {
+    "val_size": "validation size: a count or a fraction of train (default: per dataset, the paper's)",
+    "test_size": "test size where the dataset has no official test split (imagefolder, csv, rsna)",
+    "split_seed": "seed of the validation/test draw (default 0)",
+    "uncertain": "CheXpert/CSV uncertain-label policy: mixed (CheXpert default), zeros, ones, ignore",
+    "positive": "positive class of a binary imagefolder/csv task (default: the second in sorted order)",
+    "patient_pattern": "imagefolder: regex whose first group (or group 'patient') is the patient id in a file name",
+    "scoring_level": "MURA: study (default) or patient (average image probabilities per group) or image",
+    "image_column": "csv: image path column (default image)",
+    "label_columns": "csv: label column, or comma-separated multi-label columns (default label)",
+    "patient_column": "csv: patient id column",
+    "study_column": "csv: study id column",
+    "split_column": "csv: split column (train/val/test)",
+    "image_root": "csv: folder that relative image paths start from",
+}
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(f) for f in text.split(",") if f.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"fractions must be numbers like 0.01,0.1,1 ({exc})") from exc
+
+
+def _seeds(text: str) -> int | list[int]:
+    try:
+        return [int(s) for s in text.split(",")] if "," in text else int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("seeds: a count (5) or a list (0,1,2)") from exc
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "classify",
+        help="linear probe / fine-tune an image encoder on a labelled dataset (paper Appendix B)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dataset", required=True, help="KIND:PATH (imagefolder|csv|rsna|chexpert|covidx|mura|manifest)"
+    )
+    parser.add_argument("--encoder", action="append", default=[], help="encoder spec (repeatable): random:NAME, "
+                        "imagenet:NAME, a convirt .ckpt, an export folder, or NAME=STATE_DICT")  # fmt: skip
+    parser.add_argument("--name", action="append", default=[], help="display name per --encoder (same order)")
+    parser.add_argument("--protocol", choices=["linear", "finetune"], default="linear")
+    parser.add_argument("--recipe", choices=["features", "paper"], default="features",
+                        help="linear probe: 'features' trains on cached features (fast, default); 'paper' runs the "
+                        "frozen encoder on the images every step")  # fmt: skip
+    parser.add_argument("--fractions", type=_fractions, default=[0.01, 0.1, 1.0], help="label fractions (0.01,0.1,1)")
+    parser.add_argument("--seeds", type=_seeds, default=5, help="number of seeds (5) or a list of seeds (0,1,2)")
+    parser.add_argument("--output", "-o", help="output folder (default runs/classify/<dataset>-<protocol>)")
+    parser.add_argument("--save-manifest", help="also write the labelled manifest (CSV/Parquet + .task.json) here")
+    training = parser.add_argument_group("training (defaults: the paper's)")
+    training.add_argument("--lr", type=float, help="Adam lr (default 1e-3 for COVIDx, 1e-4 otherwise)")
+    training.add_argument("--weight-decay", type=float, default=1e-6)
+    training.add_argument("--dropout", type=float, default=0.2)
+    training.add_argument("--batch-size", type=int, default=64)
+    training.add_argument("--max-epochs", type=int, default=100)
+    training.add_argument("--warmup-steps", type=int, default=200, help="fine-tune: head-only steps at --warmup-lr")
+    training.add_argument("--warmup-lr", type=float, default=1e-3)
+    training.add_argument("--monitor", choices=["metric", "loss"], default="metric", help="what 'improvement' means")
+    training.add_argument("--image-size", type=int, default=224)
+    training.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    training.add_argument("--no-fast", action="store_true", help="disable bf16 autocast + channels_last")
+    training.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    training.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with others)")
+    training.add_argument("--cache-dir", help="feature cache (default <output>/features)")
+    training.add_argument("--encoder-seed", type=int, default=0, help="seed of random-init encoders")
+    data = parser.add_argument_group("dataset options (None: the adapter's default)")
+    for option, text in DATASET_OPTIONS.items():
+        kind = _number if option in ("val_size", "test_size") else int if option == "split_seed" else str
+        data.add_argument("--" + option.replace("_", "-"), type=kind, help=text)
+    parser.set_defaults(func=run, classify_parser=parser)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as a user would type it (options that differ from their defaults), for the result files."""
+    parser = args.classify_parser
+    words = ["convirt", "evaluate", "classify"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help",):
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value == action.default or value is False:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list) and action.dest in ("encoder", "name"):
+            for item in value:
+                words += [flag, shlex.quote(str(item))]
+        else:
+            text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(
+                value, (list, tuple)) else str(value)  # fmt: skip
+            words += [flag, shlex.quote(text)]
+    return " ".join(words)
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    options = {k: getattr(args, k) for k in DATASET_OPTIONS if getattr(args, k) is not None}
+    if "split_seed" in options:
+        options["seed"] = options.pop("split_seed")
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from convirt.data.labelled import write_labelled_manifest
+    from convirt.data.sources import load_labelled_dataset
+    from convirt.evaluation.classification import ClassificationSettings, Recipe, encoder_choice
+    from convirt.evaluation.classification.runner import evaluate_classification
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    manifest = load_labelled_dataset(args.dataset, **dataset_options(args))
+    print(f"{args.dataset}: {manifest.task.kind} task {manifest.task.class_names}, splits {manifest.counts()}")
+    if args.save_manifest:
+        write_labelled_manifest(manifest, args.save_manifest)
+        print(f"wrote {args.save_manifest}")
+    if not args.encoder:
+        if args.save_manifest:
+            return 0
+        raise ConfigError("give at least one --encoder (or --save-manifest to only write the labelled manifest)")
+    if args.name and len(args.name) != len(args.encoder):
+        raise ConfigError(f"{len(args.name)} --name for {len(args.encoder)} --encoder; give one per encoder or none")
+    names = args.name or [None] * len(args.encoder)
+    choices = [encoder_choice(spec, name) for spec, name in zip(args.encoder, names)]
+    recipe = Recipe(
+        lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, batch_size=args.batch_size,
+        max_epochs=args.max_epochs, warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, monitor=args.monitor,
+    )  # fmt: skip
+    settings = ClassificationSettings(
+        protocol=args.protocol, recipe=args.recipe, fractions=args.fractions, seeds=args.seeds,
+        image_size=args.image_size, device=args.device, fast=not args.no_fast, workers=args.workers,
+        cache_dir=args.cache_dir, encoder_seed=args.encoder_seed, training=recipe,
+    )  # fmt: skip
+    output = args.output or str(Path("runs") / "classify" / f"{manifest.task.name}-{args.protocol}")
+    command = command_line(args)
+    evaluate_classification(manifest, choices, settings, output, command=command)
+    print(f"wrote {output}/summary.md, runs.csv, metrics.json and roc/*.png")
+    print(Path(output, "summary.md").read_text())
+    return 0

@@ -1,0 +1,26 @@
+"""`convirt evaluate ...`: one sub-command per evaluation, each registered by the module that implements it."""
+
+from __future__ import annotations
+
+import importlib
+
+# Each module defines ``register(subparsers)`` adding one evaluation (classify, retrieval, zeroshot, ...).
+EVALUATION_MODULES = (
+    "convirt.evaluation.classify_cli",
+    "convirt.evaluation.retrieval_cli",
+    "convirt.evaluation.zeroshot_cli",
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="evaluate an encoder (classification, retrieval, zero-shot)")
+    evaluations = parser.add_subparsers(dest="evaluation", metavar="EVALUATION")
+    for name in EVALUATION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(evaluations)
+    parser.set_defaults(func=lambda args: parser.print_help() or 1)

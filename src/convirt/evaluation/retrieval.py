@@ -1,0 +1,620 @@
+"""Zero-shot retrieval: the official CheXpert 8x200 protocol (paper Section 3.2, Table 2) and a generic version.
+
+**Official protocol.** The authors released three lists (``candidate.csv``: 1600 candidate images, 200 exclusively
+positive for each of 8 categories; ``image_query.csv``: 80 expert-selected query images, 10 per category;
+``text_query.csv``: 40 expert-written sentences, 5 per category), with paths relative to a CheXpert-v1.0-small
+download. Every query ranks all 1600 candidates by cosine similarity; a retrieved image is correct when its
+category is the query's. Image-image retrieval embeds queries and candidates with the image encoder, in ``h_v``
+(encoder output) or ``v`` (after the projection head; the paper does not say which, so both are reported by
+default); text-image retrieval embeds text queries with the text encoder and head (``u``) and candidates in ``v``.
+
+**Generic protocol.** The same metrics on any labelled image set with text queries per class from a prompt file
+(:func:`convirt.evaluation.zeroshot.read_prompts`). Image queries are either every image against all the others
+(leave-one-out, the default) or ``N`` images drawn per class and removed from the candidates, like the official
+lists.
+
+**Metric.** Precision@k in percent: the share of the top k candidates whose category is the query's, averaged
+over the queries of a category (per-category) and over categories (mean; equal to the mean over queries when
+every category has as many queries, as in the official protocol). Ties in similarity are resolved by expectation
+over a random order of the tied candidates (McSherry and Najork, 2008), so the result does not depend on the
+candidates' file order: an encoder that maps every image to the same vector scores exactly the class prior
+(12.5 on the official lists), a random encoder scores it in expectation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from convirt.analysis.encoders import Embedder
+from convirt.errors import ConfigError, ConvirtError, ManifestError
+from convirt.paths import shared_data_dir
+
+# The 8 categories of CheXpert 8x200, in the order of the paper's Appendix D.
+CHEXPERT_CATEGORIES = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Edema",
+    "Fracture",
+    "Pleural Effusion",
+    "Pneumonia",
+    "Pneumothorax",
+    "No Finding",
+)
+OFFICIAL_COUNTS = {"candidate.csv": 200, "image_query.csv": 10, "text_query.csv": 5}  # per category
+CHEXPERT_ROOT_NAME = "CheXpert-v1.0-small"
+DEFAULT_KS = (5, 10, 50, 100)
+TASKS = ("image_image", "text_image")
+
+
+class MissingImagesError(ConvirtError):
+    """Images named by the retrieval lists are not where the user said the dataset is."""
+
+
+def official_lists_dir() -> Path:
+    """Where the released lists are: ``<shared data>/convirt-retrieval``."""
+    return shared_data_dir() / "convirt-retrieval"
+
+
+@dataclass
+class RetrievalLists:
+    """Queries and candidates with their categories (official lists or a subset of them)."""
+
+    categories: tuple[str, ...]
+    candidate_paths: list[str]
+    candidate_labels: list[str]
+    image_query_paths: list[str]
+    image_query_labels: list[str]
+    text_queries: list[str]
+    text_query_labels: list[str]
+    source: str = ""
+
+    def image_paths(self) -> list[str]:
+        """Every image path the lists name (queries and candidates, each once, in order)."""
+        return list(dict.fromkeys([*self.image_query_paths, *self.candidate_paths]))
+
+    def subset(self, candidates: Sequence[int], image_queries: Sequence[int], text_queries: Sequence[int]):
+        """A smaller set of lists (rows by position), e.g. for a fake dataset in tests."""
+        return RetrievalLists(
+            self.categories,
+            [self.candidate_paths[i] for i in candidates],
+            [self.candidate_labels[i] for i in candidates],
+            [self.image_query_paths[i] for i in image_queries],
+            [self.image_query_labels[i] for i in image_queries],
+            [self.text_queries[i] for i in text_queries],
+            [self.text_query_labels[i] for i in text_queries],
+            self.source,
+        )
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ManifestError(
+            f"retrieval list {path} not found; the official lists (candidate.csv, image_query.csv, text_query.csv) "
+            "were released with the paper and live in ../shared/data/convirt-retrieval (or pass --lists DIR)"
+        )
+    frame = pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path} lacks column(s) {missing}; found {list(frame.columns)}")
+    return frame
+
+
+def _check_categories(labels: pd.Series, path: Path, expected_per_category: int | None) -> None:
+    unknown = sorted(set(labels) - set(CHEXPERT_CATEGORIES))
+    if unknown:
+        raise ManifestError(f"{path}: unknown categor(ies) {unknown}; expected {list(CHEXPERT_CATEGORIES)}")
+    counts = labels.value_counts()
+    absent = [c for c in CHEXPERT_CATEGORIES if c not in counts]
+    if absent:
+        raise ManifestError(f"{path}: no rows for categor(ies) {absent}; the official lists cover all 8")
+    if expected_per_category is not None:
+        wrong = {c: int(n) for c, n in counts.items() if n != expected_per_category}
+        if wrong:
+            raise ManifestError(
+                f"{path}: expected {expected_per_category} rows per category (official lists), found {wrong}"
+            )
+
+
+def read_official_lists(folder: str | os.PathLike | None = None, strict: bool = True) -> RetrievalLists:
+    """Parse the released CheXpert 8x200 lists from ``folder`` (default :func:`official_lists_dir`).
+
+    A candidate's category is the one of the 8 category columns equal to 1 (each candidate is exclusively positive
+    for one). With ``strict`` the official sizes are checked (1600 / 80 / 40 rows, 200 / 10 / 5 per category).
+    """
+    folder = Path(folder) if folder is not None else official_lists_dir()
+    candidates = _read_csv(folder / "candidate.csv", ["Path", *CHEXPERT_CATEGORIES])
+    positives = candidates[list(CHEXPERT_CATEGORIES)].eq(1.0)
+    bad = positives.sum(axis=1) != 1
+    if bad.any():
+        row = int(bad.idxmax())
+        raise ManifestError(
+            f"{folder / 'candidate.csv'} row {row + 2}: a candidate must be positive for exactly one of the 8 "
+            f"categories; found {int(positives.sum(axis=1)[row])} ({candidates.loc[row, 'Path']})"
+        )
+    candidate_labels = positives.idxmax(axis=1)
+    image_queries = _read_csv(folder / "image_query.csv", ["Variable", "Path"])
+    text_queries = _read_csv(folder / "text_query.csv", ["Variable", "Text"])
+    per = OFFICIAL_COUNTS if strict else dict.fromkeys(OFFICIAL_COUNTS)
+    _check_categories(candidate_labels, folder / "candidate.csv", per["candidate.csv"])
+    _check_categories(image_queries["Variable"], folder / "image_query.csv", per["image_query.csv"])
+    _check_categories(text_queries["Variable"], folder / "text_query.csv", per["text_query.csv"])
+    overlap = set(image_queries["Path"]) & set(candidates["Path"])
+    if overlap:
+        raise ManifestError(f"{folder}: {len(overlap)} image queries are also candidates, e.g. {sorted(overlap)[0]}")
+    return RetrievalLists(
+        CHEXPERT_CATEGORIES,
+        candidates["Path"].astype(str).tolist(),
+        candidate_labels.tolist(),
+        image_queries["Path"].astype(str).tolist(),
+        image_queries["Variable"].astype(str).tolist(),
+        text_queries["Text"].astype(str).str.strip().tolist(),
+        text_queries["Variable"].astype(str).tolist(),
+        str(folder),
+    )
+
+
+def resolve_chexpert_paths(relative_paths: Sequence[str], root: str | os.PathLike) -> list[Path]:
+    """Map list paths (``CheXpert-v1.0-small/train/...``) onto the user's download; every file must exist.
+
+    ``root`` may be the folder that contains ``CheXpert-v1.0-small/`` or that folder itself. Missing files raise
+    :class:`MissingImagesError` saying how many of the listed images are missing and where they were looked for.
+    """
+    root = Path(root).expanduser()
+    prefix = CHEXPERT_ROOT_NAME + "/"
+    inside = not (root / CHEXPERT_ROOT_NAME).is_dir() and (root.name == CHEXPERT_ROOT_NAME or (root / "train").is_dir())
+    paths = [root / (p[len(prefix) :] if inside and p.startswith(prefix) else p) for p in relative_paths]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        looked = root if inside else root / CHEXPERT_ROOT_NAME
+        examples = ", ".join(str(p) for p in missing[:3])
+        raise MissingImagesError(
+            f"{len(missing)} of the {len(paths)} CheXpert images named by the retrieval lists are missing; looked "
+            f"under {looked.resolve()} (e.g. {examples}). Pass --chexpert-root as the folder that contains "
+            f"{CHEXPERT_ROOT_NAME}/ (or that folder itself) from a CheXpert-v1.0-small download."
+        )
+    return paths
+
+
+def precision_at_k(
+    similarity: torch.Tensor,
+    relevant: torch.Tensor,
+    ks: Sequence[int],
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Tie-aware Precision@k of each query, as fractions: (Q, len(ks)).
+
+    ``similarity`` (Q, N) ranks the N candidates of each query (higher first); ``relevant`` (Q, N) marks the
+    correct ones; ``exclude`` (Q, N) removes candidates from a query's ranking (e.g. the query itself).
+    Candidates tied at the k-th similarity count by expectation over their random order.
+    """
+    if similarity.shape != relevant.shape:
+        raise ValueError(f"similarity {tuple(similarity.shape)} and relevant {tuple(relevant.shape)} differ")
+    sims = similarity.detach().double().clone()
+    relevant = relevant.bool().clone()
+    if exclude is not None:
+        sims[exclude] = float("-inf")
+        relevant &= ~exclude
+    available = sims.shape[1] - (0 if exclude is None else int(exclude.sum(1).max()))
+    out = torch.empty(sims.shape[0], len(ks), dtype=torch.float64)
+    for column, k in enumerate(ks):
+        if not 1 <= k <= available:
+            raise ConfigError(f"Precision@{k} needs at least {k} candidates per query; there are {available}")
+        kth = sims.topk(k, dim=1).values[:, -1:]
+        above, tied = sims > kth, sims == kth
+        n_above, n_tied = above.sum(1), tied.sum(1)
+        hits = (above & relevant).sum(1) + (k - n_above) * (tied & relevant).sum(1) / n_tied
+        out[:, column] = hits / k
+    return out
+
+
+@dataclass
+class RetrievalResult:
+    """Precision@k (percent) of one task in one space for one encoder."""
+
+    encoder: str
+    task: str  # image_image | text_image
+    space: str  # h_v | v (text-image: v)
+    ks: tuple[int, ...]
+    per_category: dict[str, dict[int, float]]
+    mean: dict[int, float]  # over categories
+    mean_over_queries: dict[int, float]
+    n_queries: dict[str, int]
+    per_query: list[list[float]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "encoder": self.encoder,
+            "task": self.task,
+            "space": self.space,
+            "ks": list(self.ks),
+            "precision_at_k_percent": {
+                "mean": {str(k): v for k, v in self.mean.items()},
+                "mean_over_queries": {str(k): v for k, v in self.mean_over_queries.items()},
+                "per_category": {c: {str(k): v for k, v in d.items()} for c, d in self.per_category.items()},
+            },
+            "n_queries": self.n_queries,
+        }
+
+
+def summarize(
+    per_query: torch.Tensor,
+    query_labels: Sequence[str],
+    categories: Sequence[str],
+    ks: Sequence[int],
+    encoder: str = "",
+    task: str = "",
+    space: str = "",
+) -> RetrievalResult:
+    """Per-category and mean Precision@k in percent from per-query fractions (Q, len(ks))."""
+    labels = list(query_labels)
+    per_category, counts = {}, {}
+    for category in categories:
+        rows = [i for i, label in enumerate(labels) if label == category]
+        if rows:
+            values = per_query[rows].mean(0)
+            per_category[category] = {k: 100.0 * float(values[j]) for j, k in enumerate(ks)}
+            counts[category] = len(rows)
+    mean = {k: sum(d[k] for d in per_category.values()) / len(per_category) for k in ks}
+    over_queries = {k: 100.0 * float(per_query[:, j].mean()) for j, k in enumerate(ks)}
+    return RetrievalResult(
+        encoder, task, space, tuple(ks), per_category, mean, over_queries, counts, per_query.tolist()
+    )
+
+
+def relevance(query_labels: Sequence[str], candidate_labels: Sequence[str]) -> torch.Tensor:
+    """(Q, N) boolean: candidate j has query i's category."""
+    names = sorted(set(query_labels) | set(candidate_labels))
+    index = {name: i for i, name in enumerate(names)}
+    q = torch.tensor([index[x] for x in query_labels])
+    c = torch.tensor([index[x] for x in candidate_labels])
+    return q[:, None] == c[None, :]
+
+
+def retrieval_precision(
+    query_embeddings: torch.Tensor,
+    query_labels: Sequence[str],
+    candidate_embeddings: torch.Tensor,
+    candidate_labels: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rank candidates by cosine similarity to each query; per-query Precision@k fractions (Q, len(ks))."""
+    q = torch.nn.functional.normalize(query_embeddings.float(), dim=-1)
+    c = torch.nn.functional.normalize(candidate_embeddings.float(), dim=-1)
+    return precision_at_k(q @ c.T, relevance(query_labels, candidate_labels), ks, exclude)
+
+
+def class_prior_result(
+    query_labels: Sequence[str],
+    candidate_labels: Sequence[str],
+    categories: Sequence[str],
+    ks: Sequence[int],
+    exclude: torch.Tensor | None = None,
+    task: str = "image_image",
+) -> RetrievalResult:
+    """What a random ranking scores in expectation: each query's share of relevant candidates, for every k."""
+    rel = relevance(query_labels, candidate_labels)
+    if exclude is not None:
+        rel = rel & ~exclude
+    available = rel.shape[1] - (exclude.sum(1) if exclude is not None else 0)
+    share = (rel.sum(1) / available).double()
+    return summarize(share[:, None].expand(-1, len(ks)), query_labels, categories, ks, "random (class prior)", task)
+
+
+@dataclass
+class RetrievalReport:
+    """Everything one retrieval run produced (all encoders, tasks and spaces)."""
+
+    protocol: str  # chexpert-8x200 | labelled
+    ks: tuple[int, ...]
+    categories: tuple[str, ...]
+    results: list[RetrievalResult]
+    prior: dict[str, RetrievalResult]
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "protocol": self.protocol,
+            "ks": list(self.ks),
+            "categories": list(self.categories),
+            "data": self.data,
+            "results": [r.to_dict() for r in self.results],
+            "class_prior": {task: r.to_dict() for task, r in self.prior.items()},
+        }
+
+
+def _image_spaces(embedder: Embedder, spaces: Sequence[str]) -> list[str]:
+    return [s for s in spaces if s in embedder.spaces]
+
+
+def evaluate_lists(
+    embedders: Sequence[Embedder],
+    lists: RetrievalLists,
+    image_paths: dict[str, str | os.PathLike] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    spaces: Sequence[str] = ("h_v", "v"),
+    batch_size: int = 32,
+    protocol: str = "chexpert-8x200",
+) -> RetrievalReport:
+    """Image-image (each requested space the encoder has) and text-image retrieval over ``lists``.
+
+    ``image_paths`` maps each list path to the file to read (see :func:`resolve_chexpert_paths`); by default the
+    list paths are read as they are.
+    """
+    ks = tuple(ks)
+    image_paths = image_paths or {p: p for p in lists.image_paths()}
+    results: list[RetrievalResult] = []
+    for embedder in embedders:
+        wanted = _image_spaces(embedder, spaces)
+        if not wanted:
+            raise ConfigError(f"encoder {embedder.label!r} has none of the spaces {list(spaces)}")
+        needed = [*wanted, "v"] if embedder.has_text and lists.text_queries and "v" not in wanted else wanted
+        queries = embedder.embed_images([image_paths[p] for p in lists.image_query_paths], needed, batch_size)
+        candidates = embedder.embed_images([image_paths[p] for p in lists.candidate_paths], needed, batch_size)
+        for space in wanted:
+            per_query = retrieval_precision(
+                queries[space], lists.image_query_labels, candidates[space], lists.candidate_labels, ks
+            )
+            results.append(
+                summarize(per_query, lists.image_query_labels, lists.categories, ks, embedder.label, TASKS[0], space)
+            )
+        if embedder.has_text and lists.text_queries:
+            texts = embedder.embed_texts(lists.text_queries)
+            per_query = retrieval_precision(texts, lists.text_query_labels, candidates["v"], lists.candidate_labels, ks)
+            results.append(
+                summarize(per_query, lists.text_query_labels, lists.categories, ks, embedder.label, TASKS[1], "v")
+            )
+    prior = {
+        TASKS[0]: class_prior_result(lists.image_query_labels, lists.candidate_labels, lists.categories, ks),
+    }
+    if lists.text_queries:
+        prior[TASKS[1]] = class_prior_result(
+            lists.text_query_labels, lists.candidate_labels, lists.categories, ks, task=TASKS[1]
+        )
+    data = {
+        "lists": lists.source,
+        "n_candidates": len(lists.candidate_paths),
+        "n_image_queries": len(lists.image_query_paths),
+        "n_text_queries": len(lists.text_queries),
+    }
+    return RetrievalReport(protocol, ks, tuple(lists.categories), results, prior, data)
+
+
+def evaluate_official(
+    embedders: Sequence[Embedder],
+    chexpert_root: str | os.PathLike,
+    lists: RetrievalLists | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    spaces: Sequence[str] = ("h_v", "v"),
+    batch_size: int = 32,
+) -> RetrievalReport:
+    """The official CheXpert 8x200 protocol; every listed image must exist under ``chexpert_root``."""
+    lists = lists or read_official_lists()
+    relative = lists.image_paths()
+    resolved = resolve_chexpert_paths(relative, chexpert_root)
+    report = evaluate_lists(embedders, lists, dict(zip(relative, resolved)), ks, spaces, batch_size)
+    report.data["chexpert_root"] = str(Path(chexpert_root).resolve())
+    return report
+
+
+def labelled_lists(
+    paths: Sequence[str],
+    labels: Sequence[str],
+    prompts: dict[str, list[str]] | None,
+    image_queries_per_class: int | None = None,
+    seed: int = 0,
+    source: str = "",
+) -> RetrievalLists:
+    """Retrieval lists from a labelled image set: with ``image_queries_per_class`` N, N images per class (drawn
+    with ``seed``) become queries and leave the candidates; with None every image is a query (leave-one-out:
+    see :func:`evaluate_labelled`)."""
+    if len(paths) != len(labels):
+        raise ValueError("paths and labels differ in length")
+    categories = tuple(sorted(set(labels)))
+    text_queries, text_labels = [], []
+    for category, sentences in (prompts or {}).items():
+        if category not in categories:
+            raise ConfigError(
+                f"the text queries name class {category!r}, which no image has (classes: {list(categories)}); "
+                "rename it with --prompt-map CLASS=PROMPT_LABEL or drop it from the prompt file"
+            )
+        text_queries += sentences
+        text_labels += [category] * len(sentences)
+    if image_queries_per_class is None:
+        return RetrievalLists(
+            categories, list(paths), list(labels), list(paths), list(labels), text_queries, text_labels, source
+        )
+    generator = torch.Generator().manual_seed(seed)
+    query_rows: list[int] = []
+    for category in categories:
+        rows = [i for i, label in enumerate(labels) if label == category]
+        if len(rows) <= image_queries_per_class:
+            raise ConfigError(
+                f"class {category!r} has {len(rows)} images; cannot draw {image_queries_per_class} queries from it"
+            )
+        order = torch.randperm(len(rows), generator=generator)[:image_queries_per_class]
+        query_rows += sorted(rows[i] for i in order.tolist())
+    chosen = set(query_rows)
+    candidate_rows = [i for i in range(len(paths)) if i not in chosen]
+    return RetrievalLists(
+        categories,
+        [paths[i] for i in candidate_rows],
+        [labels[i] for i in candidate_rows],
+        [paths[i] for i in query_rows],
+        [labels[i] for i in query_rows],
+        text_queries,
+        text_labels,
+        source,
+    )
+
+
+def evaluate_labelled(
+    embedders: Sequence[Embedder],
+    paths: Sequence[str],
+    labels: Sequence[str],
+    prompts: dict[str, list[str]] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    spaces: Sequence[str] = ("h_v", "v"),
+    image_queries_per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    source: str = "",
+) -> RetrievalReport:
+    """Generic retrieval on a labelled image set (single label per image) with text queries per class.
+
+    Leave-one-out (the default): every image queries all the others, itself excluded from its ranking. Images are
+    embedded once per encoder.
+    """
+    lists = labelled_lists(paths, labels, prompts, image_queries_per_class, seed, source)
+    if image_queries_per_class is not None:
+        report = evaluate_lists(embedders, lists, None, ks, spaces, batch_size, protocol="labelled")
+        report.data.update({"image_queries": f"{image_queries_per_class} per class", "seed": seed})
+        return report
+    ks = tuple(ks)
+    self_mask = torch.eye(len(paths), dtype=torch.bool)
+    results = []
+    for embedder in embedders:
+        wanted = _image_spaces(embedder, spaces)
+        if not wanted:
+            raise ConfigError(f"encoder {embedder.label!r} has none of the spaces {list(spaces)}")
+        needed = [*wanted, "v"] if embedder.has_text and lists.text_queries and "v" not in wanted else wanted
+        images = embedder.embed_images(list(paths), needed, batch_size)
+        for space in wanted:
+            per_query = retrieval_precision(images[space], labels, images[space], labels, ks, exclude=self_mask)
+            results.append(summarize(per_query, labels, lists.categories, ks, embedder.label, TASKS[0], space))
+        if embedder.has_text and lists.text_queries:
+            texts = embedder.embed_texts(lists.text_queries)
+            per_query = retrieval_precision(texts, lists.text_query_labels, images["v"], labels, ks)
+            results.append(
+                summarize(per_query, lists.text_query_labels, lists.categories, ks, embedder.label, TASKS[1], "v")
+            )
+    prior = {TASKS[0]: class_prior_result(labels, labels, lists.categories, ks, exclude=self_mask)}
+    if lists.text_queries:
+        prior[TASKS[1]] = class_prior_result(lists.text_query_labels, labels, lists.categories, ks, task=TASKS[1])
+    data = {
+        "source": source,
+        "n_images": len(paths),
+        "images_per_class": {c: int(sum(1 for x in labels if x == c)) for c in lists.categories},
+        "image_queries": "leave-one-out (every image against all others)",
+        "n_text_queries": len(lists.text_queries),
+    }
+    return RetrievalReport("labelled", ks, lists.categories, results, prior, data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports: CSV (long format), Markdown (the paper's Table 2 layout), metrics.json.
+
+TASK_TITLES = {"image_image": "Image-image", "text_image": "Text-image"}
+
+
+def report_frame(report: RetrievalReport) -> pd.DataFrame:
+    """One row per (encoder, task, space, category incl. 'mean', k) with Precision@k in percent."""
+    rows = []
+    for result in [*report.results, *report.prior.values()]:
+        for category, values in [*result.per_category.items(), ("mean", result.mean)]:
+            n = result.n_queries.get(category, sum(result.n_queries.values()))
+            for k in result.ks:
+                rows.append(
+                    {
+                        "encoder": result.encoder,
+                        "task": result.task,
+                        "space": result.space,
+                        "category": category,
+                        "k": k,
+                        "precision_percent": round(values[k], 4),
+                        "n_queries": n,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def report_markdown(report: RetrievalReport, title: str = "Zero-shot retrieval", command: str = "") -> str:
+    """Markdown: the paper's Table 2 layout (paper's numbers beside ours for the official protocol), then the
+    per-category tables."""
+    from convirt.evaluation.paper_numbers import RETRIEVAL, RETRIEVAL_RANDOM
+
+    ks = report.ks
+    header = "| Method | " + " | ".join(f"{TASK_TITLES[t]} P@{k}" for t in TASKS for k in ks) + " |"
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["Command:", "", "```", command, "```", ""]
+    lines += [
+        f"Protocol: {report.protocol}; categories: {', '.join(report.categories)}. "
+        "Precision@k in percent (ties counted by expectation); image-image rows name the image space "
+        "(h_v = encoder output, v = projected); text-image always ranks in the shared space (u against v).",
+        "",
+        header,
+        "|" + "---|" * (1 + len(TASKS) * len(ks)),
+    ]
+
+    def row(name: str, values: dict[str, dict[int, float] | None]) -> str:
+        cells = [_fmt((values.get(t) or {}).get(k)) for t in TASKS for k in ks]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    if report.protocol == "chexpert-8x200":
+        paper_names = {
+            "imagenet": "ImageNet (paper)",
+            "convirt": "ConVIRT (paper)",
+            "convirt_finetuned_upper_bound": "ConVIRT fine-tuned on CheXpert, upper bound (paper)",
+        }
+        lines.append(row("Random (paper)", {t: dict.fromkeys(ks, RETRIEVAL_RANDOM) for t in TASKS}))
+        for method, name in paper_names.items():
+            lines.append(row(name, {t: RETRIEVAL.get((t, method)) for t in TASKS}))
+    lines.append(row("Random ranking (class prior, ours)", {t: r.mean for t, r in report.prior.items()}))
+    for result in report.results:
+        if result.task == "text_image":
+            continue
+        values: dict[str, dict[int, float] | None] = {"image_image": result.mean}
+        text = [r for r in report.results if r.encoder == result.encoder and r.task == "text_image"]
+        if text and result.space == "v":
+            values["text_image"] = text[0].mean
+        lines.append(row(f"{result.encoder}, image space {result.space} (ours)", values))
+    for result in report.results:
+        if result.task == "text_image" and not any(
+            r.encoder == result.encoder and r.task == "image_image" and r.space == "v" for r in report.results
+        ):
+            lines.append(row(f"{result.encoder} (ours)", {"text_image": result.mean}))
+    lines.append("")
+    for result in report.results:
+        lines += [
+            f"## {result.encoder}: {TASK_TITLES[result.task].lower()} ({result.space})",
+            "",
+            "| Category | queries | " + " | ".join(f"P@{k}" for k in ks) + " |",
+            "|---|---|" + "---|" * len(ks),
+        ]
+        for category, values in result.per_category.items():
+            lines.append(
+                f"| {category} | {result.n_queries[category]} | " + " | ".join(_fmt(values[k]) for k in ks) + " |"
+            )
+        lines.append(
+            f"| **mean** | {sum(result.n_queries.values())} | " + " | ".join(_fmt(result.mean[k]) for k in ks) + " |"
+        )
+        lines.append("")
+    if report.data:
+        lines += ["Data: " + ", ".join(f"{k}={v}" for k, v in report.data.items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    report: RetrievalReport, output_dir: str | os.PathLike, command: str = "", title: str = "Zero-shot retrieval"
+) -> dict[str, Path]:
+    """Write ``retrieval.csv``, ``retrieval.md`` and ``metrics.json`` (atomically) into ``output_dir``."""
+    from convirt.fileio import atomic_open, atomic_write_json, atomic_write_text
+
+    out = Path(output_dir)
+    files = {"csv": out / "retrieval.csv", "markdown": out / "retrieval.md", "metrics": out / "metrics.json"}
+    with atomic_open(files["csv"]) as handle:
+        report_frame(report).to_csv(handle, index=False)
+    atomic_write_text(files["markdown"], report_markdown(report, title, command))
+    atomic_write_json(files["metrics"], {"command": command, **report.to_dict()})
+    return files

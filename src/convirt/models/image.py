@@ -1,0 +1,193 @@
+"""Image encoders f_v: any torchvision classification model by name, with its classifier removed.
+
+``create_image_encoder("resnet50", weights="imagenet")`` returns an :class:`ImageEncoder` whose forward gives the
+pooled feature h_v (2048-d for ResNet50). Weights are ``None``/``"none"`` (random init), ``"imagenet"`` (the
+torchvision default weights, which need a network the first time) or a path to a local file (a torchvision state
+dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only dict such as
+``mobilenet_v2().features``). Names prefixed ``timm/`` use timm when it is installed.
+
+The backbone keeps torchvision's module names, so :meth:`ImageEncoder.torchvision_state_dict` loads straight back
+into ``torchvision.models.get_model(name)`` with only the classifier keys missing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convirt.errors import ConfigError, ModelLoadError
+
+# The classifier module of common torchvision families, by attribute path. Others: the last nn.Linear.
+_KNOWN_HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "regnet": "fc", "densenet": "classifier"}
+
+
+def _find_classifier(model: nn.Module, name: str) -> tuple[str, nn.Linear]:
+    for prefix, attribute in _KNOWN_HEADS.items():
+        if name.startswith(prefix) and isinstance(getattr(model, attribute, None), nn.Linear):
+            return attribute, getattr(model, attribute)
+    last: tuple[str, nn.Linear] | None = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (module_name, module)
+    if last is None:
+        raise ConfigError(f"image encoder {name!r} has no linear classifier to remove; pick a classification model")
+    return last
+
+
+def _set_submodule(model: nn.Module, dotted: str, value: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, value)
+
+
+def available_image_encoders() -> list[str]:
+    from torchvision import models
+
+    return sorted(models.list_models(module=models))
+
+
+class ImageEncoder(nn.Module):
+    """A classification backbone with its classifier replaced by identity; forward returns h_v."""
+
+    def __init__(self, name: str, backbone: nn.Module, classifier_name: str, feature_dim: int) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.classifier_name = classifier_name
+        self.feature_dim = feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict with torchvision's key names (without the classifier), for ``load_state_dict(strict=False)``."""
+        return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+
+    def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The last spatial feature map (N, C, H, W) before global pooling, for saliency and captioning.
+
+        Supported for ResNet-style (``layer4``) and ``features``-style (MobileNet, DenseNet, EfficientNet, VGG,
+        ConvNeXt) torchvision backbones.
+        """
+        body = self.backbone
+        if hasattr(body, "layer4"):
+            x = body.maxpool(body.relu(body.bn1(body.conv1(images))))
+            return body.layer4(body.layer3(body.layer2(body.layer1(x))))
+        if hasattr(body, "features"):
+            return body.features(images)
+        raise ConfigError(f"feature maps are not available for image encoder {self.name!r}")
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    from torchvision import models
+
+    try:
+        return models.get_model(name, weights=None)
+    except ValueError as exc:
+        known = ", ".join(n for n in available_image_encoders() if n.startswith(("resnet", "mobilenet", "dense")))
+        raise ConfigError(
+            f"unknown image encoder {name!r}; use any torchvision classification model name "
+            f"(e.g. {known}) or 'timm/<name>' with timm installed"
+        ) from exc
+
+
+def _timm_model(name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ConfigError(f"image encoder {name!r} needs timm: pip install timm") from exc
+    return timm.create_model(name.removeprefix("timm/"), pretrained=False)
+
+
+def _download_imagenet(name: str, backbone: nn.Module) -> dict[str, torch.Tensor]:
+    from torchvision import models
+
+    try:
+        weights = models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"torchvision has no ImageNet weights for {name!r}") from exc
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, socket errors, hash errors...
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ModelLoadError(
+            f"could not download the ImageNet weights {weights} for {name!r} ({type(exc).__name__}: {exc}). "
+            f"On a machine with a network, download {weights.url} and pass it as a local file "
+            f"(model.image_weights=/path/to/{Path(weights.url).name}), or place it in {cache}."
+        ) from exc
+
+
+_PREFIXES = ("module.", "model.", "image_encoder.backbone.", "image_encoder.", "backbone.", "encoder.")
+
+
+def load_state_dict_flexibly(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load ``state`` into ``module`` trying common prefix layouts; returns the module keys left missing.
+
+    Accepts a plain state dict, a dict with ``state_dict``/``model``, keys prefixed by ``module.``/``model.``/
+    ``image_encoder.backbone.``, and backbone-only dicts whose keys lack a ``features.`` prefix. Classifier keys
+    in the file are ignored. Raises :class:`ModelLoadError` when shapes disagree or too little matches.
+    """
+    for key in ("state_dict", "model", "image_encoder"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    target = module.state_dict()
+    best: dict[str, torch.Tensor] = {}
+    candidates = [{k: v for k, v in state.items() if isinstance(v, torch.Tensor)}]
+    for prefix in _PREFIXES:
+        candidates.append({k[len(prefix) :]: v for k, v in candidates[0].items() if k.startswith(prefix)})
+    candidates.append({f"features.{k}": v for k, v in candidates[0].items()})
+    for candidate in candidates:
+        matched = {k: v for k, v in candidate.items() if k in target}
+        if len(matched) > len(best):
+            best = matched
+    if len(best) < max(1, len(target) // 2):
+        raise ModelLoadError(
+            f"weights in {source} do not fit this image encoder: {len(best)} of {len(target)} tensors matched "
+            f"(first keys in file: {list(state)[:3]}; expected e.g. {list(target)[:3]}). Check model.image_encoder."
+        )
+    bad = [k for k, v in best.items() if v.shape != target[k].shape]
+    if bad:
+        raise ModelLoadError(
+            f"weights in {source} have the wrong shape for {len(bad)} tensor(s), e.g. {bad[0]}: "
+            f"{tuple(best[bad[0]].shape)} vs {tuple(target[bad[0]].shape)}. Check model.image_encoder."
+        )
+    result = module.load_state_dict(best, strict=False)
+    return list(result.missing_keys)
+
+
+def _load_local(path: str) -> dict[str, torch.Tensor]:
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(f"image weights file {file} does not exist (model.image_weights)")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read image weights {file}: {exc}") from exc
+
+
+def create_image_encoder(name: str = "resnet50", weights: str | os.PathLike | None = None) -> ImageEncoder:
+    """Build the image encoder ``name`` with ``weights`` (None/'none', 'imagenet', or a local file)."""
+    backbone = _timm_model(name) if name.startswith("timm/") else _torchvision_model(name)
+    weights_str = None if weights is None else str(weights)
+    if weights_str and weights_str.lower() not in ("none", "random"):
+        state = _download_imagenet(name, backbone) if weights_str.lower() == "imagenet" else _load_local(weights_str)
+        missing = load_state_dict_flexibly(backbone, state, weights_str)
+        non_head = [k for k in missing if not k.startswith(_find_classifier(backbone, name)[0])]
+        if non_head:
+            raise ModelLoadError(
+                f"weights in {weights_str} leave {len(non_head)} backbone tensor(s) uninitialised, e.g. {non_head[:3]}"
+            )
+    if name.startswith("timm/"):
+        feature_dim = backbone.num_features
+        backbone.reset_classifier(0)
+        return ImageEncoder(name, backbone, "", feature_dim)
+    classifier_name, classifier = _find_classifier(backbone, name)
+    _set_submodule(backbone, classifier_name, nn.Identity())
+    return ImageEncoder(name, backbone, classifier_name, classifier.in_features)

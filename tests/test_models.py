@@ -1,0 +1,165 @@
+"""Image encoder factory, text encoder freezing and pooling, projection heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from convirt.errors import ConfigError, ModelLoadError
+from convirt.models import ConVIRT, ProjectionHead, create_image_encoder, create_text_encoder, pool_tokens
+from convirt.models.text import transformer_layers
+
+
+@pytest.mark.parametrize(
+    ("name", "dim"), [("resnet18", 512), ("resnet50", 2048), ("mobilenet_v2", 1280), ("shufflenet_v2_x0_5", 1024)]
+)
+def test_image_encoder_by_name_gives_pooled_features(name: str, dim: int) -> None:
+    encoder = create_image_encoder(name, None).eval()
+    assert encoder.feature_dim == dim
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 3, 64, 64)).shape == (2, dim)
+
+
+def test_unknown_image_encoder_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown image encoder 'resnet51'"):
+        create_image_encoder("resnet51")
+
+
+def test_exported_state_dict_loads_into_torchvision_and_back(tmp_path: Path) -> None:
+    encoder = create_image_encoder("resnet18", None).eval()
+    state = encoder.torchvision_state_dict()
+    reference = torchvision.models.resnet18()
+    result = reference.load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    file = tmp_path / "encoder.pt"
+    torch.save(state, file)
+    reloaded = create_image_encoder("resnet18", file).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), encoder(x))
+
+
+def test_local_weights_in_other_layouts(tmp_path: Path) -> None:
+    # A full torchvision state dict (classifier included), wrapped like a Lightning checkpoint with a prefix.
+    source = torchvision.models.mobilenet_v2()
+    file = tmp_path / "wrapped.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, file)
+    encoder = create_image_encoder("mobilenet_v2", file)
+    torch.testing.assert_close(encoder.backbone.features[0][0].weight, source.features[0][0].weight)
+    # A backbone-only dict (keys of mobilenet_v2().features, as some packages ship ImageNet weights).
+    features_only = tmp_path / "features.pt"
+    torch.save(source.features.state_dict(), features_only)
+    encoder = create_image_encoder("mobilenet_v2", features_only)
+    torch.testing.assert_close(encoder.backbone.features[18][0].weight, source.features[18][0].weight)
+
+
+def test_wrong_or_missing_weights_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        create_image_encoder("resnet18", tmp_path / "nope.pt")
+    other = tmp_path / "r50.pt"
+    torch.save(torchvision.models.resnet50().state_dict(), other)
+    with pytest.raises(ModelLoadError, match="wrong shape"):
+        create_image_encoder("resnet18", other)
+
+
+def test_imagenet_weights_without_network_say_how_to_pass_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import _api
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(ModelLoadError, match=r"model\.image_weights=/path/to/resnet18-"):
+        create_image_encoder("resnet18", "imagenet")
+
+
+# --- text encoder --------------------------------------------------------------------------------------------
+
+
+def test_freezing_embeddings_and_first_layers(tiny_bert_dir: Path) -> None:
+    encoder = create_text_encoder(str(tiny_bert_dir), freeze_layers=2, pooling="max").train()
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones_like(ids)
+    encoder(ids, mask).pow(2).sum().backward()
+    layers = transformer_layers(encoder.model)
+    for parameter in encoder.model.embeddings.parameters():
+        assert not parameter.requires_grad and parameter.grad is None
+    for layer in layers[:2]:
+        assert all(p.grad is None and not p.requires_grad for p in layer.parameters())
+    for layer in layers[2:]:  # the text tower trains
+        assert all(p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_freeze_deeper_than_the_model_is_an_error(tiny_bert_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="freeze_layers=5 but the text encoder has 4 layers"):
+        create_text_encoder(str(tiny_bert_dir), freeze_layers=5)
+
+
+def test_real_minilm_loads_offline_and_freezes_half(minilm_dir: Path) -> None:
+    encoder = create_text_encoder(str(minilm_dir), freeze_layers=3)
+    assert encoder.feature_dim == 384 and len(transformer_layers(encoder.model)) == 6
+    trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    assert trainable and all(".layer.3." in n or ".layer.4." in n or ".layer.5." in n for n in trainable)
+
+
+def test_hub_name_without_network_says_how_to_pass_a_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"model\.text_encoder=/path/to/folder"):
+        create_text_encoder("emilyalsentzer/Bio_ClinicalBERT")
+
+
+def test_missing_local_text_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        create_text_encoder(str(tmp_path / "missing-bert"))
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_pooling_ignores_padding(pooling: str) -> None:
+    hidden = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pooled = pool_tokens(hidden, mask, pooling)  # type: ignore[arg-type]
+    changed = hidden.clone()
+    changed[0, 3:] = 1e4  # huge values at padded positions must not leak into row 0
+    torch.testing.assert_close(pool_tokens(changed, mask, pooling), pooled)  # type: ignore[arg-type]
+    expected = hidden[0, :3].max(0).values if pooling == "max" else hidden[0, :3].mean(0)
+    torch.testing.assert_close(pooled[0], expected)
+
+
+def test_max_pooling_with_all_negative_values_is_not_clamped_by_padding() -> None:
+    hidden = -torch.rand(1, 4, 3) - 1.0
+    mask = torch.tensor([[1, 1, 0, 0]])
+    torch.testing.assert_close(pool_tokens(hidden, mask, "max"), hidden[:, :2].max(1).values)
+
+
+def test_text_encoder_output_independent_of_padding_length(tiny_bert_dir: Path) -> None:
+    encoder = create_text_encoder(str(tiny_bert_dir), freeze_layers=0, pooling="max").eval()
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    padded = torch.tensor([[101, 2023, 2003, 102, 0, 0, 0]])
+    with torch.no_grad():
+        a = encoder(ids, torch.ones_like(ids))
+        b = encoder(padded, (padded != 0).long())
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --- heads and the full model ----------------------------------------------------------------------------------
+
+
+def test_heads_are_two_layer_mlps_without_batchnorm() -> None:
+    head = ProjectionHead(2048, 512)
+    layers = list(head.net)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Linear"]
+    assert layers[0].in_features == 2048 and layers[-1].out_features == 512
+    assert [type(m).__name__ for m in ProjectionHead(768, 512, kind="linear").net] == ["Linear"]
+    with pytest.raises(ConfigError):
+        ProjectionHead(4, 2, kind="bn-mlp")  # type: ignore[arg-type]
+
+
+def test_convirt_forward_shapes(tiny_bert_dir: Path) -> None:
+    model = ConVIRT(create_image_encoder("resnet18", None), create_text_encoder(str(tiny_bert_dir), 2), 16)
+    ids = torch.randint(1000, 2000, (2, 6))
+    out = model(torch.randn(2, 3, 64, 64), ids, torch.ones_like(ids))
+    assert out.image_features.shape == (2, 512) and out.text_features.shape == (2, 32)
+    assert out.image_embeddings.shape == out.text_embeddings.shape == (2, 16)

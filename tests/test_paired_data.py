@@ -1,0 +1,97 @@
+"""Paired dataset: one sampled sentence and one sampled image per draw, reproducible, bad images handled."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from convirt.data.manifest import read_paired_manifest
+from convirt.data.paired import PairedCollator, PairedDataset
+from convirt.data.sampling import ResumableStreamSampler, ShardedEvalSampler
+from convirt.data.transforms import AugmentationParams, paper_augmentation, resize_transform
+from convirt.errors import ImageLoadError
+
+
+@pytest.fixture()
+def manifest_path(tmp_path: Path) -> Path:
+    for i, value in enumerate((30, 90, 150, 210)):
+        Image.fromarray(np.full((40, 50), value, dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    rows = [
+        {"images": "img0.png|img1.png", "text": "First sentence here.\nSecond sentence here.\nThird one here.",
+         "patient_id": "p0", "study_id": "s0", "split": "train"},
+        {"images": "img2.png", "text": "Only sentence.", "patient_id": "p1", "study_id": "s1", "split": "train"},
+        {"images": "img3.png", "text": "Another report.", "patient_id": "p2", "study_id": "s2", "split": "train"},
+    ]
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_one_sentence_and_one_image_sampled_uniformly_per_draw(manifest_path: Path) -> None:
+    dataset = PairedDataset(read_paired_manifest(manifest_path), resize_transform(16))
+    sentences, images = Counter(), Counter()
+    for seed in range(600):
+        sample = dataset[(0, seed)]
+        sentences[sample["text"]] += 1
+        images[round(float(sample["image"][0].mean()), 2)] += 1
+    assert set(sentences) == {"First sentence here.", "Second sentence here.", "Third one here."}
+    assert all(150 < count < 250 for count in sentences.values())  # ~200 each
+    assert len(images) == 2 and all(240 < count < 360 for count in images.values())  # ~300 each
+
+
+def test_draws_are_reproducible_from_index_and_seed(manifest_path: Path) -> None:
+    dataset = PairedDataset(read_paired_manifest(manifest_path), paper_augmentation(AugmentationParams(output_size=24)))
+    a, b, c = dataset[(0, 11)], dataset[(0, 11)], dataset[(0, 12)]
+    assert a["text"] == b["text"]
+    torch.testing.assert_close(a["image"], b["image"])
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_bad_image_fail_names_file_and_row_skip_substitutes(manifest_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "img2.png").write_bytes(b"garbage")
+    manifest = read_paired_manifest(manifest_path)
+    failing = PairedDataset(manifest, resize_transform(16), on_bad_image="fail")
+    with pytest.raises(ImageLoadError, match=r"img2\.png: not a recognised image format \[row 2 \(study s1\)"):
+        failing[(1, 0)]
+    skipping = PairedDataset(manifest, resize_transform(16), on_bad_image="skip")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        sample = skipping[(1, 0)]
+    assert sample["index"] != 1 and sample["skipped"] == [str(tmp_path / "img2.png")]
+
+
+def test_collate_tokenises_and_pads(manifest_path: Path, tiny_bert_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    dataset = PairedDataset(read_paired_manifest(manifest_path), resize_transform(16))
+    batch = PairedCollator(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), max_length=6)(
+        [dataset[(0, 1)], dataset[(1, 2)]]
+    )
+    assert batch["images"].shape == (2, 3, 16, 16)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[1] <= 6
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum() or batch["input_ids"].shape[1] == 6
+
+
+def test_stream_sampler_resumes_at_any_position_and_shards() -> None:
+    full = ResumableStreamSampler(10, seed=3)
+    stream = [x for _, x in zip(range(35), iter(full))]
+    resumed = ResumableStreamSampler(10, seed=3, start=17)
+    assert [x for _, x in zip(range(18), iter(resumed))] == stream[17:]
+    epoch0 = sorted(i for i, _ in stream[:10])
+    assert epoch0 == list(range(10))  # each epoch is a permutation
+    assert [i for i, _ in stream[:10]] != [i for i, _ in stream[10:20]]  # reshuffled per epoch
+    ranks = [[i for _, (i, _) in zip(range(5), iter(ResumableStreamSampler(10, 3, r, 2)))] for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == epoch0  # two processes split one epoch without overlap
+    assert set(ranks[0]).isdisjoint(ranks[1])
+
+
+def test_eval_sampler_shards_equal_lengths() -> None:
+    shards = [list(ShardedEvalSampler(7, r, 2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 4
+    assert {i for shard in shards for i, _ in shard} == set(range(7))
+    assert list(ShardedEvalSampler(7, 0, 2)) == shards[0]  # fixed seeds: deterministic validation
