@@ -123,7 +123,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="single queries timed per setting")
     parser.add_argument("--query-batch", type=int, default=256)
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
 
     from convirt.api import bf16_supported
     from convirt.paths import shared_data_dir
@@ -177,7 +181,8 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"bf16 on CPU: {bf16_supported(torch.device('cpu'))}"
+        f"bf16 on CPU: {bf16_supported(torch.device('cpu'))}, {os.cpu_count()} CPUs, "
+        f"1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
     )
     print()
     print("| what | speed |")

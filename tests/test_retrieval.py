@@ -79,6 +79,13 @@ def test_leave_one_out_perfect_and_constant_encoders_on_a_labelled_set():
     assert image_v.per_category["A"] == {1: 100.0, 3: 100.0}  # 3 other A's
     assert image_v.per_category["B"][1] == 100.0  # 1 other B, then 4 A's tied at 0: P@3 = 1/3
     assert image_v.per_category["B"][3] == pytest.approx(100 / 3)
+    # Blocks of queries (bounded memory) give the same numbers as one matrix.
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    self_mask = torch.eye(6, dtype=torch.bool)
+    torch.testing.assert_close(
+        retrieval_precision(x, labels, x, labels, [1, 3], self_mask, max_elements=7),
+        retrieval_precision(x, labels, x, labels, [1, 3], self_mask),
+    )
     constant = LookupEmbedder(dict.fromkeys(paths, torch.ones(2)))
     report = evaluate_labelled([constant], paths, labels, ks=[1, 3])
     result = report.results[0]

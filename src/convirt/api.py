@@ -133,9 +133,9 @@ def load_image_encoder(spec: str) -> ImageEncoder:
         meta = json.loads(meta_file.read_text())
         return create_image_encoder(name or meta["architecture"], path / meta["weights"])
     if path.suffix == ".ckpt":
-        from convirt.checkpoint import load_model
+        from convirt.checkpoint import load_image_encoder_from_checkpoint
 
-        return load_model(path).model.image_encoder
+        return load_image_encoder_from_checkpoint(path)
     if not path.is_file():
         raise ConfigError(
             f"image encoder {spec!r} is neither random:NAME, imagenet:NAME, a .ckpt, an export folder nor a file"

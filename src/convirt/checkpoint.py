@@ -68,6 +68,30 @@ def restore_text_model(payload: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
     return model, tokenizer
 
 
+IMAGE_ENCODER_PREFIX = MODEL_PREFIX + "image_encoder."
+
+
+def load_image_encoder_from_checkpoint(path: str | os.PathLike):
+    """The image encoder of any objective's pretraining checkpoint (all keep it at ``model.image_encoder``)."""
+    from convirt.models.image import create_image_encoder
+
+    checkpoint = read_checkpoint(path)
+    config = config_from_dict(checkpoint["convirt"]["config"])
+    encoder = create_image_encoder(config.model.image_encoder, None)
+    state = {
+        k[len(IMAGE_ENCODER_PREFIX) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(IMAGE_ENCODER_PREFIX)
+    }
+    result = encoder.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys or not state:
+        raise CheckpointError(
+            f"checkpoint {path}: the image encoder weights do not match {config.model.image_encoder} "
+            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    return encoder.eval()
+
+
 @dataclass
 class LoadedModel:
     model: Any  # ConVIRT
@@ -85,6 +109,11 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     checkpoint = read_checkpoint(path)
     payload = checkpoint["convirt"]
     config = config_from_dict(payload["config"])
+    if config.objective != "convirt":
+        raise CheckpointError(
+            f"{path} was pretrained with objective {config.objective!r}, which has no text tower to load here; "
+            "its image encoder loads with convirt.api.load_image_encoder or `convirt export`"
+        )
     text_model, tokenizer = restore_text_model(payload)
     m = config.model
     text_encoder = TextEncoder(text_model, freeze_layers=m.freeze_layers, pooling=m.pooling)  # type: ignore[arg-type]

@@ -21,16 +21,13 @@ COMMAND_MODULES = (
     "convirt.prepare.commands",  # prepare
     "convirt.evaluation.commands",  # evaluate classify | retrieval | zeroshot
     "convirt.analysis.commands",  # plot tsne | saliency, index, search
+    "convirt.demo.commands",  # demo, synthesize
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="convirt",
-        description="ConVIRT: contrastive pretraining of medical image encoders from paired images and reports.",
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+def register_modules(subparsers, module_names: tuple[str, ...]) -> None:
+    """Let each named module add its sub-command(s); a module that is not installed is skipped."""
+    for name in module_names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -38,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convirt",
+        description="ConVIRT: contrastive pretraining of medical image encoders from paired images and reports.",
+    )
+    register_modules(parser.add_subparsers(dest="command", metavar="COMMAND"), COMMAND_MODULES)
     return parser
 
 

@@ -100,7 +100,8 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    objective: str = "convirt"
+    objective: str = "convirt"  # convirt, or a baseline registered in convirt.objectives
+    objective_params: dict[str, Any] = field(default_factory=dict)  # settings specific to a baseline objective
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -239,8 +240,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def validate_config(config: Config) -> None:
     t, d = config.train, config.data
-    if config.objective != "convirt":
-        raise ConfigError(f"objective {config.objective!r} is not available; use convirt")
+    from convirt.objectives import OBJECTIVES
+
+    if config.objective not in OBJECTIVES:
+        raise ConfigError(f"objective {config.objective!r} is not available; choose one of {sorted(OBJECTIVES)}")
     for name, value in (
         ("train.val_every_steps", t.val_every_steps),
         ("train.max_evals", t.max_evals),

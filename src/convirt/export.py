@@ -8,6 +8,10 @@ OUT/
     text_encoder/        Hugging Face folder (config, weights, tokenizer): ``AutoModel.from_pretrained(dir)``
     heads.pt             {"image_head": state dict, "text_head": state dict, "config": {...}}
     convirt_config.yaml  the pretraining config
+
+A checkpoint of another objective (contrastive_binary, caption_lstm, caption_transformer, simclr, moco_v2) exports
+its image encoder only (image_encoder.pt, image_encoder.json with ``"objective"``, convirt_config.yaml): those
+objectives have no ConVIRT text tower and heads, and their own heads are not used by the evaluations.
 """
 
 from __future__ import annotations
@@ -20,28 +24,52 @@ from typing import Any
 
 import torch
 
-from convirt.checkpoint import load_model
+from convirt.checkpoint import load_image_encoder_from_checkpoint, load_model, read_checkpoint
+from convirt.config import config_from_dict
 from convirt.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
+
+
+def _write_image_encoder(encoder, config, checkpoint, out: Path) -> Path:
+    image_path = out / "image_encoder.pt"
+    atomic_torch_save(encoder.torchvision_state_dict(), image_path)
+    meta = {
+        "architecture": encoder.name,
+        "feature_dim": encoder.feature_dim,
+        "weights": image_path.name,
+        "removed_classifier": encoder.classifier_name,
+        "input": {"size": config.data.augment.output_size, "channels": 3, "normalization": "imagenet"},
+        "source_checkpoint": str(checkpoint),
+        "objective": config.objective,
+    }
+    atomic_write_json(out / "image_encoder.json", meta)
+    return image_path
+
+
+def export_image_encoder_only(checkpoint: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Export the image encoder (and config) of any objective's checkpoint."""
+    config = config_from_dict(read_checkpoint(checkpoint)["convirt"]["config"])
+    encoder = load_image_encoder_from_checkpoint(checkpoint)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image_path = _write_image_encoder(encoder, config, checkpoint, out)
+    atomic_write_text(out / "convirt_config.yaml", config.to_yaml())
+    return {
+        "image_encoder": str(image_path),
+        "objective": config.objective,
+        "note": f"objective {config.objective!r} has no ConVIRT text tower or heads: exported the image encoder only",
+    }
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
     """Export a pretraining checkpoint; returns the paths written."""
+    if config_from_dict(read_checkpoint(checkpoint)["convirt"]["config"]).objective != "convirt":
+        return export_image_encoder_only(checkpoint, output_dir)
     loaded = load_model(checkpoint)
     model, config = loaded.model, loaded.config
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    image_path = out / "image_encoder.pt"
-    atomic_torch_save(model.image_encoder.torchvision_state_dict(), image_path)
-    meta = {
-        "architecture": model.image_encoder.name,
-        "feature_dim": model.image_encoder.feature_dim,
-        "weights": image_path.name,
-        "removed_classifier": model.image_encoder.classifier_name,
-        "input": {"size": config.data.augment.output_size, "channels": 3, "normalization": "imagenet"},
-        "source_checkpoint": str(checkpoint),
-    }
-    atomic_write_json(out / "image_encoder.json", meta)
+    image_path = _write_image_encoder(model.image_encoder, config, checkpoint, out)
 
     text_dir = out / "text_encoder"
     text_dir.mkdir(exist_ok=True)
@@ -74,7 +102,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a checkpoint: torchvision image encoder, Hugging Face text encoder, heads"
+        "export",
+        help="export a checkpoint: torchvision image encoder (+ Hugging Face text encoder and heads for ConVIRT)",
     )
     parser.add_argument("checkpoint", help="a convirt pretraining checkpoint (.ckpt)")
     parser.add_argument("output", help="output folder")

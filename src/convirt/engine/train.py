@@ -30,14 +30,11 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from convirt.checkpoint import convirt_payload
 from convirt.config import Config
 from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, finite_or_none
-from convirt.engine.data import PairedDataModule
-from convirt.engine.module import ConVIRTModule
 from convirt.errors import CheckpointError, ConfigError
 from convirt.fileio import atomic_write_json, atomic_write_text
-from convirt.models.factory import create_model, create_tokenizer
+from convirt.objectives import build_objective
 from convirt.runtime import bf16_supported
 
 log = logging.getLogger("convirt")
@@ -105,15 +102,22 @@ def _strategy(config: Config, accelerator: str):
     return strategy
 
 
-def build_trainer(config: Config, output_dir: Path, resuming: bool, extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(
+    config: Config,
+    output_dir: Path,
+    resuming: bool,
+    extra_callbacks: list | None = None,
+    monitor: tuple[str, str] = ("val/loss", "min"),
+) -> L.Trainer:
+    """``monitor`` = (metric, min|max) that picks best.ckpt: val/loss for ConVIRT, val/cider for the captioners."""
     t = config.train
     accelerator = resolve_accelerator(config)
     checkpoint_dir = output_dir / "checkpoints"
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best",
-        monitor="val/loss",
-        mode="min",
+        monitor=monitor[0],
+        mode=monitor[1],
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
@@ -170,13 +174,12 @@ def pretrain(config: Config, extra_callbacks: list | None = None) -> PretrainRes
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    tokenizer = create_tokenizer(config)
-    data = PairedDataModule(config, tokenizer)
-    data.setup("fit")  # read and check the manifests before building the model: bad data fails fast
-    model = create_model(config)
-    payload = convirt_payload(config, model.text_encoder.model, tokenizer)
-    module = ConVIRTModule(config, model, payload)
-    trainer = build_trainer(config, output_dir, resuming=resume_from is not None, extra_callbacks=extra_callbacks)
+    parts = build_objective(config)
+    module, data = parts.module, parts.data
+    monitor = getattr(module, "monitor", ("val/loss", "min"))
+    trainer = build_trainer(
+        config, output_dir, resuming=resume_from is not None, extra_callbacks=extra_callbacks, monitor=monitor
+    )
     if trainer.is_global_zero:
         atomic_write_text(output_dir / "config.yaml", config.to_yaml())
         if resume_from is not None:
@@ -188,28 +191,32 @@ def pretrain(config: Config, extra_callbacks: list | None = None) -> PretrainRes
     last_path = checkpoint_dir / "last.ckpt"
     trainer.save_checkpoint(last_path)  # the final state, so a finished run resumes to "nothing left to do"
 
-    best_callback = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val/loss")
+    best_callback = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor[0])
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else None
+    best_score = finite_or_none(best_callback.best_model_score)
     result = PretrainResult(
         output_dir=output_dir,
         best_checkpoint=best_path,
         last_checkpoint=last_path,
-        best_val_loss=finite_or_none(best_callback.best_model_score),
+        best_val_loss=best_score if monitor[0] == "val/loss" else None,
         final_val_loss=finite_or_none(trainer.callback_metrics.get("val/loss")),
         steps=int(trainer.global_step),
         seconds=round(seconds, 2),
         resumed_from=resume_from,
     )
     if trainer.is_global_zero:
+        skipped = list(getattr(module, "skipped_images", []))
         summary = result.to_dict() | {
-            "skipped_images": len(module.skipped_images),
-            "dropped_pairs_missing_images": data.dropped,
-            "train_pairs": len(data.train_set) if data.train_set is not None else None,
-            "val_pairs": len(data.val_set) if data.val_set is not None else None,
+            "objective": config.objective,
+            "best_checkpoint_metric": {"name": monitor[0], "mode": monitor[1], "value": best_score},
+            "skipped_images": len(skipped),
+            "dropped_pairs_missing_images": getattr(data, "dropped", {}),
+            "train_pairs": len(data.train_set) if getattr(data, "train_set", None) is not None else None,
+            "val_pairs": len(data.val_set) if getattr(data, "val_set", None) is not None else None,
             "precision": trainer.precision,
             "world_size": trainer.world_size,
         }
         atomic_write_json(output_dir / "summary.json", summary)
-        if module.skipped_images:
-            atomic_write_text(output_dir / "skipped_images.txt", "\n".join(sorted(set(module.skipped_images))) + "\n")
+        if skipped:
+            atomic_write_text(output_dir / "skipped_images.txt", "\n".join(sorted(set(skipped))) + "\n")
     return result

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 # Each module defines ``register(subparsers)`` adding one evaluation (classify, retrieval, zeroshot, ...).
 EVALUATION_MODULES = (
     "convirt.evaluation.classify_cli",
@@ -14,13 +12,7 @@ EVALUATION_MODULES = (
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="evaluate an encoder (classification, retrieval, zero-shot)")
-    evaluations = parser.add_subparsers(dest="evaluation", metavar="EVALUATION")
-    for name in EVALUATION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(evaluations)
+    from convirt.cli import register_modules
+
+    register_modules(parser.add_subparsers(dest="evaluation", metavar="EVALUATION"), EVALUATION_MODULES)
     parser.set_defaults(func=lambda args: parser.print_help() or 1)

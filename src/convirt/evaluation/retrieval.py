@@ -283,11 +283,21 @@ def retrieval_precision(
     candidate_labels: Sequence[str],
     ks: Sequence[int] = DEFAULT_KS,
     exclude: torch.Tensor | None = None,
+    max_elements: int = 2**24,
 ) -> torch.Tensor:
-    """Rank candidates by cosine similarity to each query; per-query Precision@k fractions (Q, len(ks))."""
+    """Rank candidates by cosine similarity to each query; per-query Precision@k fractions (Q, len(ks)).
+
+    Queries are processed in blocks so that leave-one-out over a large set never holds a Q x N matrix at once.
+    """
     q = torch.nn.functional.normalize(query_embeddings.float(), dim=-1)
     c = torch.nn.functional.normalize(candidate_embeddings.float(), dim=-1)
-    return precision_at_k(q @ c.T, relevance(query_labels, candidate_labels), ks, exclude)
+    relevant = relevance(query_labels, candidate_labels)
+    block = max(1, max_elements // max(1, len(c)))
+    parts = []
+    for start in range(0, len(q), block):
+        rows = slice(start, start + block)
+        parts.append(precision_at_k(q[rows] @ c.T, relevant[rows], ks, None if exclude is None else exclude[rows]))
+    return torch.cat(parts) if parts else torch.empty(0, len(ks), dtype=torch.float64)
 
 
 def class_prior_result(

@@ -99,8 +99,8 @@ def paper_reference_note(task: LabelledTask, protocol: str) -> str:
         return ""
     return (
         f"This dataset is not one of the paper's four, so no paper number sits beside ours. For orientation only, "
-        f"the paper's {protocol} results on RSNA pneumonia ({CLASSIFICATION_METRIC['rsna']}, ResNet50 pretrained on "
-        f"MIMIC-CXR) are: " + "; ".join(rows) + "."
+        f"the paper's {protocol} results on RSNA pneumonia ({CLASSIFICATION_METRIC['rsna']}, ResNet50, pretrained on "
+        f"MIMIC-CXR for ConVIRT) are: " + "; ".join(rows) + "."
     )
 
 

@@ -361,7 +361,7 @@ def write_outputs(
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     _write_runs(runs, out / "runs.csv")
     for (encoder, fraction), per_seed in curves.items():
-        title = f"{task.name} test ROC: {encoder}, {fraction_label(fraction)} labels, {settings.method}"
+        title = f"{task.name} test ROC: {encoder}, {fraction * 100:g}% labels, {settings.method}"
         plot_roc(per_seed, task, title, out / "roc" / f"{slug(encoder)}-{fraction:g}.png")
     paper = {}
     for info in encoder_info:

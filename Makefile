@@ -1,0 +1,37 @@
+# One command to set up, one to run the main job, one to test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHARED ?= ../shared/data
+
+.PHONY: setup demo covid-pretrain test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The main job: the built-in demo (synthetic radiographs + reports; no downloads): pretrain, evaluate, report.
+demo: setup
+	$(BIN)/convirt demo --out runs/demo
+
+# A short real pretraining run on the COVID-19 image data collection (needs $(SHARED)/covid-chestxray).
+covid-pretrain: setup
+	$(BIN)/convirt prepare covid-chestxray --input $(SHARED)/covid-chestxray --output data/covid --no-progress
+	$(BIN)/convirt pretrain --config configs/covid-smoke.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf runs data/covid .pytest_cache

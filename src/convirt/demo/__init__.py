@@ -1,0 +1,1 @@
+"""The built-in demo: ``convirt demo`` (see :mod:`convirt.demo.run`)."""
