@@ -134,3 +134,31 @@ def test_torchvision_state_dict_and_imagenet_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "load_image_encoder", offline)
     with pytest.raises(ModelLoadError, match=r"pass the downloaded file as --encoder resnet50=/path/to/file"):
         load_encoder(encoder_choice("imagenet:resnet50"))
+
+
+def test_multilabel_study_level_task_through_the_python_api(tmp_path):
+    from convirt.data.labelled import read_labelled_manifest
+    from convirt.evaluation.classification import ClassificationSettings, Recipe, evaluate_classification
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for k in range(36):  # 18 studies of 2 images; labels per study
+        study = k // 2
+        split = "train" if study < 10 else "val" if study < 14 else "test"
+        a, b = study % 2, (study // 2) % 2
+        pixels = np.clip(rng.normal(60 + 100 * a, 30, (16, 16)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{k}.png")
+        rows.append({"image": f"{k}.png", "patient_id": f"p{study}", "study_id": f"s{study}", "split": split,
+                     "edema": str(a), "effusion": str(b)})  # fmt: skip
+    task = LabelledTask(name="mini", kind="multilabel", class_names=["edema", "effusion"],
+                        label_columns=["edema", "effusion"], scoring_level="study")  # fmt: skip
+    path = write_labelled_manifest(pd.DataFrame(rows), tmp_path / "mini.csv", task)
+    settings = ClassificationSettings(fractions=(0.5, 1.0), seeds=2, image_size=32, fast=False,
+                                      training=Recipe(batch_size=8, max_epochs=3, lr=1e-3))  # fmt: skip
+    runs = evaluate_classification(read_labelled_manifest(path), ["random:resnet18"], settings, tmp_path / "out")
+    assert (runs["level"] == "study").all() and (runs["n_test"] == 8).all() and (runs["n_test_scored"] == 4).all()
+    assert {"test_auc_edema", "test_auc_effusion"} <= set(runs.columns)
+    assert np.allclose(runs["test"], runs[["test_auc_edema", "test_auc_effusion"]].mean(axis=1))
+    assert (runs[runs["fraction"] == 0.5]["n_train"] % 2 == 0).all()  # whole studies
+    assert "mean AUC" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "roc" / "random_resnet18-0.5.png").is_file()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import tiny_config
 
+from conftest import tiny_config
 from convirt.api import ConvirtEncoder, load_image_encoder
 from convirt.checkpoint import load_model
 from convirt.cli import main as cli_main
@@ -211,8 +211,16 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path, capsys, tin
                      f"model.text_encoder={tiny_bert_dir}", f"train.output_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert code == 2 and "missing column(s)" in err and "Traceback" not in err
+    from PIL import Image
+
+    Image.new("L", (32, 32), 128).save(tmp_path / "x.png")
+    good = write_csv(tmp_path / "good.csv", """
+        images,text,patient_id,study_id,split
+        x.png,Heart size is normal.,p1,s1,train
+        x.png,No pleural effusion.,p2,s2,val
+        """)
     code = cli_main(["pretrain", "model.freeze_layers=9", "model.image_weights=none", "model.image_encoder=resnet18",
-                     f"model.text_encoder={tiny_bert_dir}", f"data.manifest={bad}"])
+                     f"model.text_encoder={tiny_bert_dir}", f"data.manifest={good}"])
     assert code == 2 and "freeze_layers=9 but the text encoder has 4 layers" in capsys.readouterr().err
     assert cli_main(["export", str(bad), str(tmp_path / "x")]) == 2
     assert "cannot be read" in capsys.readouterr().err
@@ -222,7 +230,7 @@ def test_missing_images_fail_or_skip_as_configured(tmp_path: Path, covid_prepare
     import pandas as pd
 
     frame = pd.read_csv(covid_prepared, dtype=str, keep_default_na=False)
-    frame["images"] = [str(covid_prepared.parent / p) for p in frame["images"]]
+    frame["images"] = ["|".join(str(covid_prepared.parent / p) for p in cell.split("|")) for cell in frame["images"]]
     frame.loc[frame.index[:3], "images"] = "/nonexistent/a.png"
     manifest = tmp_path / "manifest.csv"
     frame.to_csv(manifest, index=False)

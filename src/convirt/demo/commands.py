@@ -22,10 +22,10 @@ def register(subparsers) -> None:
         "Needs no data and no network.",
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--size", type=int, default=None, help="pretraining pairs (default 6000; --quick 96)")
-    demo.add_argument("--eval-size", type=int, default=None, help="labelled evaluation studies (default 3000)")
+    demo.add_argument("--size", type=int, default=None, help="pretraining pairs (default 4000; --quick 96)")
+    demo.add_argument("--eval-size", type=int, default=None, help="labelled evaluation studies (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=None, help="pretraining steps (default: from the config, 720)")
+    demo.add_argument("--steps", type=int, default=None, help="pretraining steps (default: from the config, 300)")
     demo.add_argument("--probe-seeds", type=int, default=None, help="linear-probe seeds (default 3)")
     demo.add_argument("--workers", type=int, default=2, help="processes for generation and preparation")
     demo.add_argument("--config", default=None, help="a pretraining YAML instead of the built-in demo settings")

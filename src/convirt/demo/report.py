@@ -18,7 +18,11 @@ def targets(metrics: dict) -> dict:
     p10 = metrics["retrieval.text_image.p@10"]
     gain = metrics["linear_probe.convirt.auc@0.01"] - metrics["linear_probe.random_init.auc@0.01"]
     return {
-        "text_image_p@10": {"value": p10, "target": TARGETS["text_image_p@10"], "met": p10 >= TARGETS["text_image_p@10"]},
+        "text_image_p@10": {
+            "value": p10,
+            "target": TARGETS["text_image_p@10"],
+            "met": p10 >= TARGETS["text_image_p@10"],
+        },
         "probe_gain_at_1pct": {
             "value": round(gain, 4),
             "target": TARGETS["probe_gain_at_1pct"],
@@ -112,8 +116,7 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "",
         "## Zero-shot classification (%)",
         "",
-        "Class embedding = mean of the class's text-query embeddings; each test image goes to the most similar "
-        "class.",
+        "Class embedding = mean of the class's text-query embeddings; each test image goes to the most similar class.",
         "",
         "| encoder | accuracy | balanced accuracy | mean one-vs-rest AUC |",
         "|---|---|---|---|",
@@ -133,9 +136,7 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "|---|---|---|---|",
     ]
     for key, name in (("convirt", "ConVIRT"), ("random_init", "random init (same ResNet)")):
-        cells = [
-            f"{lp[key][k]:.3f} ± {lp[key][k + '_std']:.3f}" for k in ("auc@0.01", "auc@0.1", "auc@1")
-        ]
+        cells = [f"{lp[key][k]:.3f} ± {lp[key][k + '_std']:.3f}" for k in ("auc@0.01", "auc@0.1", "auc@1")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     figures = evaluation.get("figures", {})
     lines += ["", "## Figures", ""]

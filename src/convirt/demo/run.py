@@ -38,7 +38,7 @@ import torch
 
 from convirt.demo.config import DEMO_SETTINGS, QUICK_SETTINGS, TEXT_QUERIES
 from convirt.errors import ConfigError
-from convirt.fileio import atomic_write_json, atomic_write_text
+from convirt.fileio import atomic_write_json
 from convirt.synthetic.dataset import MULTIPLE, generate_dataset
 from convirt.synthetic.render import CATEGORIES, FINDINGS
 
@@ -58,8 +58,8 @@ FIGURES = ("loss_curve.png", "tsne.png", "saliency.png", "contact_sheet.png")
 class DemoSettings:
     """Sizes of one demo run (defaults: the full demo, about 10 minutes on 2 CPU cores)."""
 
-    pretrain_size: int = 6000  # paired studies for pretraining (10 % become the validation split)
-    eval_size: int = 3000  # labelled evaluation studies (70/10/20 train/val/test)
+    pretrain_size: int = 4000  # paired studies for pretraining (10 % become the validation split)
+    eval_size: int = 2000  # labelled evaluation studies (70/10/20 train/val/test)
     seed: int = 0
     image_size: int = 128  # generated and cached image size
     steps: int | None = None  # pretraining steps (None: the config's val_every_steps x max_evals)
@@ -69,12 +69,13 @@ class DemoSettings:
     config: str | None = None  # a YAML to use instead of DEMO_SETTINGS
     overrides: list[str] = field(default_factory=list)  # extra section.key=value
     quick: bool = False
+    eval_image_size: int = 0  # set from the pretraining config (the linear probe's input size)
 
     @classmethod
     def quick_settings(cls, **kwargs) -> DemoSettings:
         base = {
             "pretrain_size": 96,
-            "eval_size": 160,
+            "eval_size": 480,  # enough single-category test images for Precision@50
             "image_size": 64,
             "probe_seeds": 1,
             "tsne_points": 60,
@@ -154,8 +155,9 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a demo always starts fresh (no resume from an older run)
     config = demo_config(settings, work / "prepared" / "manifest.csv", run_dir)
-    log(f"demo: pretraining {config.max_steps} steps, batch {config.data.batch_size}, "
-        f"{config.model.image_encoder} at {config.data.augment.output_size} px + {config.model.text_encoder}")  # fmt: skip
+    model, size = config.model, config.data.augment.output_size
+    log(f"demo: pretraining {config.max_steps} steps, batch {config.data.batch_size}, {model.image_encoder} at "
+        f"{size} px + {model.text_encoder}")  # fmt: skip
     result = pretrain(config)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     stage("pretrain", t0)
@@ -164,6 +166,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
 
     # 4. evaluate
     t0 = time.perf_counter()
+    settings.eval_image_size = config.data.augment.output_size
     evaluation = evaluate_demo(checkpoint, eval_data.labels, out, work, settings, log)
     stage("evaluate", t0)
 
@@ -258,9 +261,7 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
             "text_image": precision("random init", "text_image", "v"),
             "image_image": precision("random init", "image_image", "h_v"),
         },
-        "chance": {
-            task: {f"p@{k}": round(r.mean[k] / 100.0, 4) for k in r.ks} for task, r in retrieval.prior.items()
-        },
+        "chance": {task: {f"p@{k}": round(r.mean[k] / 100.0, 4) for k in r.ks} for task, r in retrieval.prior.items()},
         "n_images": len(paths),
         "n_text_queries": sum(len(v) for v in prompts.values()),
     }
@@ -278,7 +279,7 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
     figures: dict[str, str] = {}
     try:
         figures.update(_figures(convirt, random_like, encoder, paths, labels, categories, prompts, out, settings))
-    except Exception as exc:  # noqa: BLE001 - a figure must not cost the numbers
+    except Exception as exc:
         log(f"demo: figures failed: {exc!r}")
     return {
         "retrieval": retrieval_metrics,
@@ -296,14 +297,14 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
 def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSettings, log):
     """Linear probe on cached features: ConVIRT image encoder vs random init, 1/10/100 % labels, mean AUC."""
     from convirt.data.labelled import read_labelled_manifest
-    from convirt.evaluation.classification import ClassificationSettings, EncoderChoice, Recipe
-    from convirt.evaluation.classification import evaluate_classification
+    from convirt.evaluation.classification import ClassificationSettings, EncoderChoice, Recipe, evaluate_classification
 
     manifest = read_labelled_manifest(labels_csv)
     recipe = Recipe(lr=1e-3, batch_size=64, max_epochs=100 if not settings.quick else 5, stop_patience=15)
     probe_settings = ClassificationSettings(
         protocol="linear", recipe="features", fractions=FRACTIONS, seeds=settings.probe_seeds,
-        image_size=settings.image_size, workers=0, training=recipe, encoder_seed=settings.seed,
+        image_size=settings.eval_image_size or settings.image_size, workers=0, training=recipe,
+        encoder_seed=settings.seed,
     )  # fmt: skip
     choices = [
         EncoderChoice(str(checkpoint), "ConVIRT", "convirt"),
@@ -317,7 +318,9 @@ def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSe
         for fraction in FRACTIONS:
             values = rows[np.isclose(rows["fraction"], fraction)]["test"].astype(float)
             probe[key][FRACTION_KEYS[fraction]] = round(float(values.mean()), 4)
-            probe[key][FRACTION_KEYS[fraction] + "_std"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
+            probe[key][FRACTION_KEYS[fraction] + "_std"] = (
+                round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
+            )
     probe["metric"] = "mean AUC over the 8 labels (test split), mean over seeds"
     probe["n_train"] = int((manifest.splits == "train").sum())
     probe["n_test"] = int((manifest.splits == "test").sum())

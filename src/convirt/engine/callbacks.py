@@ -11,9 +11,32 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from convirt.fileio import atomic_open, atomic_savefig
+
+
+class ResumeCheckpoint(Checkpoint):
+    """Writes the resume point ``last.ckpt`` every ``every`` steps, and after each validation.
+
+    At a step where validation is due, the file is written after validation (not before, as a step-interval
+    checkpoint would be), so it holds the evaluation count, the plateau scheduler and the best-so-far that the
+    uninterrupted run has at that point: resuming from it continues identically. Being a ``Checkpoint``, it
+    runs after the other callbacks, the best-checkpoint tracker included.
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int, val_every: int) -> None:
+        self.path, self.every, self.val_every = str(path), every, val_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 and step % self.val_every != 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from convirt.config import Config
-from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, finite_or_none
+from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
 from convirt.errors import CheckpointError, ConfigError
 from convirt.fileio import atomic_write_json, atomic_write_text
 from convirt.objectives import build_objective
@@ -123,14 +123,7 @@ def build_trainer(
         enable_version_counter=False,
         save_on_train_epoch_end=False,
     )
-    last = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="last",
-        every_n_train_steps=t.checkpoint_every_steps,
-        save_top_k=1,
-        monitor=None,
-        enable_version_counter=False,
-    )
+    last = ResumeCheckpoint(checkpoint_dir / "last.ckpt", t.checkpoint_every_steps, t.val_every_steps)
     callbacks: list[L.Callback] = [
         best,
         last,

@@ -6,7 +6,7 @@
   ``labels.csv`` (a labelled manifest) -- ``convirt synthesize --size N --seed S --out DIR``.
 """
 
-from convirt.synthetic.dataset import NO_FINDING, SyntheticDataset, Study, generate_dataset, render_study, sample_study
+from convirt.synthetic.dataset import NO_FINDING, Study, SyntheticDataset, generate_dataset, render_study, sample_study
 from convirt.synthetic.render import CATEGORIES, FINDINGS, Anatomy, Devices, Finding, render, sample_anatomy
 
 __all__ = [

@@ -143,7 +143,8 @@ def _make_chunk(task: tuple[int, list[int], int, str, tuple[float, float, float]
         study = sample_study(seed, index, split)
         pixels = render_study(study, image_size)
         name = f"{study.study_id}.png"
-        Image.fromarray(pixels).save(os.path.join(images_dir, name), compress_level=0)  # speed; `prepare` re-encodes the cache
+        # compress_level 0: speed (`prepare` re-encodes the images into its cache anyway)
+        Image.fromarray(pixels).save(os.path.join(images_dir, name), compress_level=0)
         rows.append(
             {
                 "image": f"images/{name}",

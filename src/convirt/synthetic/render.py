@@ -34,6 +34,7 @@ and without a finding and measure the difference.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -222,7 +223,7 @@ def dome_y(anatomy: Anatomy, side: str, x: np.ndarray | float, raise_by: float =
 def costophrenic_angle(anatomy: Anatomy, side: str, raise_by: float = 0.0) -> tuple[float, float]:
     """(x, y) of the costophrenic angle in *anatomical* coordinates (before position and scale)."""
     s = _side_sign(side)
-    x = s * (anatomy.lung_center + 0.93 * anatomy.lung_half_width)
+    x = s * (anatomy.lung_center + 0.9 * anatomy.lung_half_width)
     return x, float(dome_y(anatomy, side, x, raise_by))
 
 
@@ -248,7 +249,7 @@ def to_image_coords(anatomy: Anatomy, x: float, y: float) -> tuple[float, float]
 def to_pixel(anatomy: Anatomy, x: float, y: float, size: int) -> tuple[int, int]:
     """(row, column) of anatomical (x, y) in a ``size`` x ``size`` image."""
     xi, yi = to_image_coords(anatomy, x, y)
-    return int(round((yi + 1) / 2 * size - 0.5)), int(round((xi + 1) / 2 * size - 0.5))
+    return round((yi + 1) / 2 * size - 0.5), round((xi + 1) / 2 * size - 0.5)
 
 
 def _coordinates(anatomy: Anatomy, b: Banks) -> tuple[np.ndarray, np.ndarray]:
@@ -300,8 +301,8 @@ def render(
     for side in ("right", "left"):
         s = _side_sign(side)
         cx = s * anatomy.lung_center
-        cy = 0.5 * (anatomy.lung_top + 0.7)
-        half_h = 0.5 * (0.7 - anatomy.lung_top)
+        cy = 0.5 * (anatomy.lung_top + 1.0)
+        half_h = 0.5 * (1.0 - anatomy.lung_top)  # the superellipse reaches below the domes, which cut it
         qx = (x - cx) * (1.0 / anatomy.lung_half_width)
         qx = qx * qx
         qy = (y - cy) * (1.0 / half_h)
@@ -334,7 +335,7 @@ def render(
         cat = finding.category
         if cat == "Pleural Effusion":
             side = finding.side
-            cpx, cpy = costophrenic_angle(anatomy, side, raise_by[side])
+            _, cpy = costophrenic_angle(anatomy, side, raise_by[side])
             height = 0.28 + 0.4 * finding.severity  # fluid height at the lateral wall
             s = _side_sign(side)
             lateral = np.clip((x - s * anatomy.lung_center) * s / anatomy.lung_half_width, -1.0, 1.2)
@@ -344,7 +345,7 @@ def render(
             clear *= 1.0 - 0.92 * fluid
         elif cat == "Pneumonia":
             s = _side_sign(finding.side)
-            zone_y = {"upper": -0.45, "middle": -0.05, "lower": 0.25}[finding.zone or "lower"]
+            zone_y = {"upper": -0.45, "middle": -0.05, "lower": 0.2}[finding.zone or "lower"]
             cx = s * (anatomy.lung_center + 0.35 * finding.position * anatomy.lung_half_width)
             radius = 0.08 + 0.1 * finding.severity
             blob = np.zeros_like(x)
@@ -423,14 +424,14 @@ def render(
     t0, t1 = anatomy.texture_shift[0] % size, anatomy.texture_shift[1] % size
     tex = b.textures[anatomy.texture % len(b.textures), t0 : t0 + size, t1 : t1 + size]
     hilar = np.exp(-(((ax - 0.2) / 0.45) ** 2 + (y / 0.6) ** 2))
-    vessels = np.clip(tex, 0.0, None) * (0.25 + 0.75 * hilar) * vessel_gain * (1.0 - ptx_zone)
+    vessels = np.clip(tex, 0.0, None) * (0.45 + 0.55 * hilar) * vessel_gain * (1.0 - ptx_zone)
 
     # compose (attenuation)
     image = 0.58 * body
     image += 0.1 * mediastinum * _sigmoid((0.035 - ax) / px)  # spine
     image -= 0.42 * air * (1.0 - opacity)
     image -= 0.08 * ptx_zone * air  # pure air beyond the pleural line
-    image += 0.04 * vessels * air * (1.0 - opacity)
+    image += 0.055 * vessels * air * (1.0 - opacity)
     image += 0.13 * rib * (0.5 + 0.5 * lung)
     image += 0.07 * heart
     image += 0.3 * pleural_line * air
@@ -454,7 +455,7 @@ def _draw_devices(image: np.ndarray, x: np.ndarray, y: np.ndarray, devices: Devi
         s = _side_sign(devices.central_line)
         points = [(s * 0.3, -1.0), (s * 0.16, -0.62), (s * 0.05, -0.35), (-0.02, rng.uniform(-0.2, -0.1))]
         dist = np.full_like(x, 10.0)
-        for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
             dist = np.minimum(dist, _segment_distance(x, y, x0, y0, x1, y1))
         image = image + 0.3 * np.exp(-((dist / (1.2 * px)) ** 2))
     for _ in range(devices.ecg_leads):

@@ -133,15 +133,18 @@ def finding_sentences(
 
 # Normal statements: (categories they negate, sentences). Used only when every named category is absent.
 NEGATIONS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("Pleural Effusion", "Pneumothorax"), ("No pleural effusion or pneumothorax.", "There is no effusion or pneumothorax.")),
+    (("Pleural Effusion", "Pneumothorax"), ("No pleural effusion or pneumothorax.",
+                                            "There is no effusion or pneumothorax.")),
     (("Pleural Effusion",), ("No pleural effusion.", "The costophrenic angles are sharp.")),
     (("Pneumothorax",), ("No pneumothorax.", "There is no pneumothorax.")),
-    (("Pneumonia",), ("There is no focal consolidation.", "The lungs are clear without focal consolidation.")),
+    (("Pneumonia",), ("There is no focal consolidation.",)),
+    (("Pneumonia", "Edema", "Atelectasis", "Pneumothorax"), ("The lungs are clear without focal consolidation.",)),
     (("Pneumonia", "Atelectasis"), ("No focal consolidation or atelectasis.",)),
     (("Cardiomegaly",), ("Heart size is normal.", "The cardiac silhouette is within normal limits.",
                          "Normal heart size.")),
     (("Edema",), ("No pulmonary edema.", "There is no pulmonary vascular congestion or edema.")),
-    (("Fracture",), ("No acute osseous abnormality.", "No displaced rib fracture.", "The osseous structures are intact.")),
+    (("Fracture",), ("No acute osseous abnormality.", "No displaced rib fracture.",
+                     "The osseous structures are intact.")),
 )  # fmt: skip
 NO_FINDING_IMPRESSIONS = (
     "No acute cardiopulmonary process.",

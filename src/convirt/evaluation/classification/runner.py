@@ -289,6 +289,7 @@ def _record(task, choice, settings, fraction, seed, train, val, test, outcome: R
         "n_test": len(test),
         "metric": task.metric,
         "level": outcome.test.level,
+        "n_test_scored": outcome.test.n,
         "val": outcome.val.value,
         "test": outcome.test.value,
         "lr": outcome.lr,

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The baseline comparison of docs/results/baselines.md: every objective pretrained for the same small budget on the
+# same real pairs (the prepared COVID-19 image data collection), then the same linear probe on Kermany pneumonia.
+# Sized for a shared 2-core CPU: ResNet18 from random init at 64 px, batch 8, 24 steps (2 validations of 16 pairs),
+# the offline MiniLM text tower where a text encoder is used.
+set -euo pipefail
+DATA=${DATA:-/work/runs/covid-data}          # convirt prepare covid-chestxray --input ../shared/data/covid-chestxray --output $DATA
+RUNS=${RUNS:-/work/runs/baselines}
+KERMANY=${KERMANY:-/work/shared/data/kermany-pneumonia}
+COMMON="model.image_encoder=resnet18 model.image_weights=none model.text_encoder=builtin:minilm model.freeze_layers=3
+  data.manifest=$DATA/manifest.csv data.batch_size=8 data.num_workers=0 data.augment.output_size=64 data.max_val_pairs=16
+  data.augment.blur_kernel_size=9 train.val_every_steps=12 train.max_evals=2 train.checkpoint_every_steps=12
+  train.precision=32 train.progress_bar=false train.tensorboard=false train.log_every_steps=5 train.resume=never"
+convirt pretrain --config configs/covid-smoke.yaml $COMMON train.output_dir=$RUNS/convirt
+convirt pretrain --config configs/baselines/contrastive_binary.yaml $COMMON train.output_dir=$RUNS/contrastive_binary
+convirt pretrain --config configs/baselines/simclr.yaml $COMMON train.output_dir=$RUNS/simclr
+# queue 128 < the 389 training images (a 4096 queue would hold every image's key ~10 times)
+convirt pretrain --config configs/baselines/moco_v2.yaml $COMMON train.output_dir=$RUNS/moco_v2 objective_params.queue_size=128
+# a small corpus: words seen 3 times, reports cut to 60 words
+convirt pretrain --config configs/baselines/caption_lstm.yaml $COMMON train.output_dir=$RUNS/caption_lstm \
+  objective_params.min_count=3 objective_params.max_words=60
+convirt pretrain --config configs/baselines/caption_transformer.yaml $COMMON train.output_dir=$RUNS/caption_transformer \
+  objective_params.min_count=3 objective_params.max_words=60
+
+ENCODERS=(--encoder random:resnet18 --name random)
+for o in convirt contrastive_binary caption_lstm caption_transformer simclr moco_v2; do
+  ENCODERS+=(--encoder "$RUNS/$o/checkpoints/best.ckpt" --name "$o")
+done
+convirt evaluate classify --dataset "imagefolder:$KERMANY" "${ENCODERS[@]}" --protocol linear \
+  --fractions 0.01,0.1 --seeds 3 --image-size 64 --threads 2 --output "$RUNS/classify-kermany"
