@@ -131,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device: {device} ({name}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
-          f"native bf16: {bf16_supported(device) if device.type == 'cuda' else cpu_native_bf16()}; "
-          f"load average at start: {load:.1f}")
+    print(
+        f"device: {device} ({name}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"native bf16: {bf16_supported(device) if device.type == 'cuda' else cpu_native_bf16()}; "
+        f"load average at start: {load:.1f}"
+    )
     print()
     if not args.skip_train:
         variants = ["fp32", "fp32+cl", "bf16+cl"] + (["fp16+cl"] if device.type == "cuda" else [])

@@ -43,7 +43,8 @@ def test_length_penalty_and_multiple_references() -> None:
 
 
 def test_tokenisation_and_errors() -> None:
-    assert caption_words("No acute disease. Heart: normal-sized!") == ["no", "acute", "disease", "heart", "normal", "sized"]
+    words = caption_words("No acute disease. Heart: normal-sized!")
+    assert words == ["no", "acute", "disease", "heart", "normal", "sized"]
     with pytest.raises(ValueError):
         cider_d({1: "a"}, {2: ["a"]})
     with pytest.raises(ValueError):
@@ -53,10 +54,25 @@ def test_tokenisation_and_errors() -> None:
 def test_matches_pycocoevalcap_when_installed() -> None:
     cider_module = pytest.importorskip("pycocoevalcap.cider.cider")
     rng = random.Random(0)
-    words = "the lung is clear no effusion right left opacity base heart size normal".split()
+    words = [
+        "the",
+        "lung",
+        "is",
+        "clear",
+        "no",
+        "effusion",
+        "right",
+        "left",
+        "opacity",
+        "base",
+        "heart",
+        "size",
+        "normal",
+    ]
     candidates = {i: " ".join(rng.choices(words, k=rng.randint(2, 12))) for i in range(30)}
-    references = {i: [" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(rng.randint(1, 3))]
-                  for i in range(30)}
+    references = {
+        i: [" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(rng.randint(1, 3))] for i in range(30)
+    }
     theirs, their_scores = cider_module.Cider().compute_score(references, {k: [c] for k, c in candidates.items()})
     ours, our_scores = cider_d(candidates, references)
     assert ours == pytest.approx(theirs, abs=1e-9)

@@ -36,8 +36,17 @@ def test_defaults_equal_the_paper_config_where_it_matters() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    c = load_config(None, ["train.seed=5", "optim.lr=3e-4", "model.head_hidden_dim=null", "train.devices=[0,1]",
-                           "data.augment.crop_area=[0.5, 1.0]", "data.check_images=false"])
+    c = load_config(
+        None,
+        [
+            "train.seed=5",
+            "optim.lr=3e-4",
+            "model.head_hidden_dim=null",
+            "train.devices=[0,1]",
+            "data.augment.crop_area=[0.5, 1.0]",
+            "data.check_images=false",
+        ],
+    )
     assert c.train.seed == 5 and c.optim.lr == 3e-4 and c.model.head_hidden_dim is None
     assert c.train.devices == [0, 1] and c.data.augment.crop_area == [0.5, 1.0] and c.data.check_images is False
 

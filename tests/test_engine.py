@@ -61,9 +61,17 @@ def small_manifest(tmp_path_factory, covid_prepared: Path) -> Path:
 def trained_run(tmp_path_factory, small_manifest: Path, minilm_dir: Path):
     """A short real run: ResNet18 + the real MiniLM text tower on COVID-19 X-rays and notes, 40 steps."""
     output = tmp_path_factory.mktemp("covid-run")
-    config = tiny_config(small_manifest, output, minilm_dir, train__val_every_steps=20, train__max_evals=2,
-                         model__freeze_layers=3, data__num_workers=2, train__checkpoint_every_steps=10,
-                         optim__lr=5e-4)
+    config = tiny_config(
+        small_manifest,
+        output,
+        minilm_dir,
+        train__val_every_steps=20,
+        train__max_evals=2,
+        model__freeze_layers=3,
+        data__num_workers=2,
+        train__checkpoint_every_steps=10,
+        optim__lr=5e-4,
+    )
     from convirt.models.factory import create_model, create_tokenizer
 
     torch.manual_seed(config.train.seed)
@@ -132,8 +140,9 @@ def test_export_and_python_api(trained_run, tmp_path: Path, small_manifest: Path
     for spec in (str(tmp_path / "export"), str(result.best_checkpoint)):
         loaded = load_image_encoder(spec).eval()
         with torch.no_grad():
-            torch.testing.assert_close(torch.nn.functional.normalize(loaded(batch), dim=-1), expected,
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                torch.nn.functional.normalize(loaded(batch), dim=-1), expected, rtol=1e-4, atol=1e-5
+            )
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -161,10 +170,20 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
 
     # Killed with SIGKILL after step 5 (last.ckpt holds step 4), then resumed by running the same config again.
     killed_dir = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), kill_at=5, manifest=str(covid_prepared),
-                                output=str(killed_dir), text=str(tiny_bert_dir))
-    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent),
+        kill_at=5,
+        manifest=str(covid_prepared),
+        output=str(killed_dir),
+        text=str(tiny_bert_dir),
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
     partial = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert partial["global_step"] == 4
@@ -187,9 +206,16 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
 
 def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepared, tiny_bert_dir, tmp_path):
     # lr 0 -> the validation loss never changes -> no improvement after the first evaluation.
-    config = tiny_config(covid_prepared, tmp_path / "plateau", tiny_bert_dir, optim__lr=1e-12,
-                         train__val_every_steps=1, train__max_evals=4, train__plateau_patience=1,
-                         train__checkpoint_every_steps=100)
+    config = tiny_config(
+        covid_prepared,
+        tmp_path / "plateau",
+        tiny_bert_dir,
+        optim__lr=1e-12,
+        train__val_every_steps=1,
+        train__max_evals=4,
+        train__plateau_patience=1,
+        train__checkpoint_every_steps=100,
+    )
     result = pretrain(config)
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
@@ -203,24 +229,50 @@ def write_csv(path: Path, text: str) -> Path:
 
 
 def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path, capsys, tiny_bert_dir: Path) -> None:
-    code = cli_main(["pretrain", f"data.manifest={tmp_path / 'none.csv'}", "model.image_weights=none",
-                     f"model.text_encoder={tiny_bert_dir}", f"train.output_dir={tmp_path / 'out'}"])
+    code = cli_main(
+        [
+            "pretrain",
+            f"data.manifest={tmp_path / 'none.csv'}",
+            "model.image_weights=none",
+            f"model.text_encoder={tiny_bert_dir}",
+            f"train.output_dir={tmp_path / 'out'}",
+        ]
+    )
     assert code == 2 and "none.csv does not exist" in capsys.readouterr().err
     bad = write_csv(tmp_path / "bad.csv", "image,report\na.png,text\n")
-    code = cli_main(["pretrain", f"data.manifest={bad}", "model.image_weights=none", "model.image_encoder=resnet18",
-                     f"model.text_encoder={tiny_bert_dir}", f"train.output_dir={tmp_path / 'out'}"])
+    code = cli_main(
+        [
+            "pretrain",
+            f"data.manifest={bad}",
+            "model.image_weights=none",
+            "model.image_encoder=resnet18",
+            f"model.text_encoder={tiny_bert_dir}",
+            f"train.output_dir={tmp_path / 'out'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "missing column(s)" in err and "Traceback" not in err
     from PIL import Image
 
     Image.new("L", (32, 32), 128).save(tmp_path / "x.png")
-    good = write_csv(tmp_path / "good.csv", """
+    good = write_csv(
+        tmp_path / "good.csv",
+        """
         images,text,patient_id,study_id,split
         x.png,Heart size is normal.,p1,s1,train
         x.png,No pleural effusion.,p2,s2,val
-        """)
-    code = cli_main(["pretrain", "model.freeze_layers=9", "model.image_weights=none", "model.image_encoder=resnet18",
-                     f"model.text_encoder={tiny_bert_dir}", f"data.manifest={good}"])
+        """,
+    )
+    code = cli_main(
+        [
+            "pretrain",
+            "model.freeze_layers=9",
+            "model.image_weights=none",
+            "model.image_encoder=resnet18",
+            f"model.text_encoder={tiny_bert_dir}",
+            f"data.manifest={good}",
+        ]
+    )
     assert code == 2 and "freeze_layers=9 but the text encoder has 4 layers" in capsys.readouterr().err
     assert cli_main(["export", str(bad), str(tmp_path / "x")]) == 2
     assert "cannot be read" in capsys.readouterr().err
@@ -234,9 +286,18 @@ def test_missing_images_fail_or_skip_as_configured(tmp_path: Path, covid_prepare
     frame.loc[frame.index[:3], "images"] = "/nonexistent/a.png"
     manifest = tmp_path / "manifest.csv"
     frame.to_csv(manifest, index=False)
-    code = cli_main(["pretrain", f"data.manifest={manifest}", "data.on_bad_image=fail", "model.image_weights=none",
-                     "model.image_encoder=resnet18", f"model.text_encoder={tiny_bert_dir}",
-                     f"train.output_dir={tmp_path / 'out'}", "train.progress_bar=false"])
+    code = cli_main(
+        [
+            "pretrain",
+            f"data.manifest={manifest}",
+            "data.on_bad_image=fail",
+            "model.image_weights=none",
+            "model.image_encoder=resnet18",
+            f"model.text_encoder={tiny_bert_dir}",
+            f"train.output_dir={tmp_path / 'out'}",
+            "train.progress_bar=false",
+        ]
+    )
     assert code == 2
     config = tiny_config(manifest, tmp_path / "skip", tiny_bert_dir, train__max_evals=1, data__on_bad_image="skip")
     result = pretrain(config)

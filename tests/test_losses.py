@@ -120,7 +120,8 @@ def test_distributed_loss_and_gradients_match_single_process() -> None:
     results = context.Queue()
     port = _free_port()
     processes = [
-        context.Process(target=_worker, args=(rank, 2, port, images.tolist(), texts.tolist(), results)) for rank in range(2)
+        context.Process(target=_worker, args=(rank, 2, port, images.tolist(), texts.tolist(), results))
+        for rank in range(2)
     ]
     for process in processes:
         process.start()

@@ -23,14 +23,27 @@ def write(tmp_path: Path, rows: list[dict], name: str = "manifest.csv") -> Path:
     return path
 
 
-ROW = {"images": "a.png|b.png", "text": "Heart is normal.\nNo effusion.", "patient_id": "p1", "study_id": "s1",
-       "split": "train"}
+ROW = {
+    "images": "a.png|b.png",
+    "text": "Heart is normal.\nNo effusion.",
+    "patient_id": "p1",
+    "study_id": "s1",
+    "split": "train",
+}
 
 
 @pytest.mark.parametrize("name", ["manifest.csv", "manifest.parquet", "manifest.jsonl"])
 def test_loads_formats_splits_sentences_and_resolves_paths(tmp_path: Path, name: str) -> None:
-    rows = [ROW, {**ROW, "images": "/abs/c.png", "text": "Lungs clear. No pneumothorax. Size 2.5 cm.",
-                  "study_id": "s2", "split": "val"}]
+    rows = [
+        ROW,
+        {
+            **ROW,
+            "images": "/abs/c.png",
+            "text": "Lungs clear. No pneumothorax. Size 2.5 cm.",
+            "study_id": "s2",
+            "split": "val",
+        },
+    ]
     manifest = read_paired_manifest(write(tmp_path, rows, name), split="train")
     assert len(manifest) == 1
     assert manifest.images[0] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]

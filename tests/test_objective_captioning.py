@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from objective_fixtures import fixed_batch_training, image_encoder_gradients, optimizer_of, real_batch, small_manifest
 
+from conftest import tiny_config
 from convirt.errors import ConfigError
 from convirt.evaluation.cider import cider_d
 from convirt.objectives import build_objective
 from convirt.objectives.captioning import BOS, EOS, PAD, UNK, Vocabulary, attention_penalty, caption_loss
+from objective_fixtures import fixed_batch_training, image_encoder_gradients, optimizer_of, real_batch, small_manifest
 
 SMALL = {
     "caption_lstm": "{min_count: 1, max_words: 8, embed_dim: 32, hidden_dim: 32, attention_dim: 16, dropout: 0.0}",
@@ -92,5 +92,6 @@ def test_memorised_reports_decode_exactly(kind: str, manifest: Path, tiny_bert_d
 def test_caption_config_errors(manifest: Path, tiny_bert_dir: Path) -> None:
     for params, key in (("{target: words}", "target"), ("{heads: 3}", "heads"), ("{min_count: 1000}", "min_count")):
         with pytest.raises(ConfigError, match=f"objective_params.{key}"):
-            build_objective(tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="caption_transformer",
-                                        objective_params=params))
+            build_objective(
+                tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="caption_transformer", objective_params=params)
+            )

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from objective_fixtures import fixed_batch_training, image_encoder_gradients, real_batch, small_manifest
 
+from conftest import tiny_config
 from convirt.errors import ConfigError
 from convirt.objectives import build_objective
 from convirt.objectives.contrastive_binary import binary_pair_loss, random_derangement
+from objective_fixtures import fixed_batch_training, image_encoder_gradients, real_batch, small_manifest
 
 
 def test_binary_pair_loss_hand_checked() -> None:
@@ -39,8 +39,9 @@ def test_fake_partners_are_other_pairs_texts() -> None:
 def binary_parts(tmp_path_factory, covid_prepared: Path, tiny_bert_dir: Path):
     folder = tmp_path_factory.mktemp("binary")
     manifest = small_manifest(covid_prepared, folder)
-    config = tiny_config(manifest, folder / "run", tiny_bert_dir, objective="contrastive_binary",
-                         objective_params="{hidden_dim: 16}")
+    config = tiny_config(
+        manifest, folder / "run", tiny_bert_dir, objective="contrastive_binary", objective_params="{hidden_dim: 16}"
+    )
     torch.manual_seed(0)
     return build_objective(config)
 
@@ -50,8 +51,9 @@ def test_model_scores_real_and_swapped_pairs(binary_parts) -> None:
     batch = real_batch(binary_parts.data, 4)
     order = torch.tensor([2, 0, 3, 1])
     with torch.no_grad():
-        real, fake = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                           order)
+        real, fake = model(
+            batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), order
+        )
         v = model.image_proj(model.image_encoder(batch["images"]))
         u = model.text_proj(model.text_encoder(batch["input_ids"], batch["attention_mask"]))
         torch.testing.assert_close(real, model.classifier(torch.cat([v, u], 1)).squeeze(1))
@@ -74,6 +76,13 @@ def test_payload_and_config_errors(binary_parts, tiny_bert_dir: Path) -> None:
     payload = binary_parts.payload
     assert payload["format_version"] == 1 and payload["config"]["objective"] == "contrastive_binary"
     assert "tokenizer_files" in payload and payload["objective_params"] == {"hidden_dim": 16}
-    with pytest.raises(ConfigError, match="objective_params.hidden_dim must be an integer"):
-        build_objective(tiny_config(binary_parts.data.config.data.manifest, "/tmp/x", tiny_bert_dir,
-                                    objective="contrastive_binary", objective_params="{hidden_dim: wide}"))
+    with pytest.raises(ConfigError, match=r"objective_params\.hidden_dim must be an integer"):
+        build_objective(
+            tiny_config(
+                binary_parts.data.config.data.manifest,
+                "/tmp/x",
+                tiny_bert_dir,
+                objective="contrastive_binary",
+                objective_params="{hidden_dim: wide}",
+            )
+        )

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import tiny_config
-from objective_fixtures import small_manifest
 
+from conftest import tiny_config
 from convirt.api import load_image_encoder
 from convirt.checkpoint import load_image_encoder_from_checkpoint, load_model
 from convirt.engine.train import pretrain
 from convirt.errors import CheckpointError, ConfigError
 from convirt.export import export_checkpoint
+from objective_fixtures import small_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,19 @@ def manifest(tmp_path_factory, covid_prepared: Path) -> Path:
 
 
 @pytest.mark.parametrize("objective", sorted(PARAMS))
-def test_objective_runs_in_the_engine_and_exports(objective: str, manifest: Path, tiny_bert_dir: Path, tmp_path) -> None:
-    config = tiny_config(manifest, tmp_path / "run", tiny_bert_dir, objective=objective,
-                         objective_params=PARAMS[objective], data__batch_size=4, train__val_every_steps=2,
-                         train__max_evals=1, train__limit_val_batches=1, data__max_val_pairs=4)
+def test_objective_runs_in_the_engine_and_exports(objective: str, manifest: Path, tiny_bert_dir: Path, tmp_path):
+    config = tiny_config(
+        manifest,
+        tmp_path / "run",
+        tiny_bert_dir,
+        objective=objective,
+        objective_params=PARAMS[objective],
+        data__batch_size=4,
+        train__val_every_steps=2,
+        train__max_evals=1,
+        train__limit_val_batches=1,
+        data__max_val_pairs=4,
+    )
     result = pretrain(config)
     summary = json.loads((result.output_dir / "summary.json").read_text())
     assert summary["objective"] == objective and result.steps == 2
@@ -52,8 +61,11 @@ def test_objective_runs_in_the_engine_and_exports(objective: str, manifest: Path
 
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     assert checkpoint["convirt"]["format_version"] == 1 and checkpoint["convirt"]["config"]["objective"] == objective
-    trained = {k.removeprefix("model.image_encoder."): v for k, v in checkpoint["state_dict"].items()
-               if k.startswith("model.image_encoder.")}
+    trained = {
+        k.removeprefix("model.image_encoder."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("model.image_encoder.")
+    }
     encoder = load_image_encoder_from_checkpoint(result.last_checkpoint)
     for key, value in encoder.state_dict().items():
         torch.testing.assert_close(value, trained[key])

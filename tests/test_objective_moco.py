@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from objective_fixtures import image_encoder_gradients, optimizer_of, real_batch, small_manifest
 
+from conftest import tiny_config
 from convirt.errors import ConfigError
 from convirt.models.image import create_image_encoder
 from convirt.objectives import build_objective
 from convirt.objectives.moco import MoCoModel, moco_loss
+from objective_fixtures import image_encoder_gradients, optimizer_of, real_batch, small_manifest
 
 
 def test_moco_loss_hand_checked() -> None:
@@ -58,8 +58,14 @@ def test_momentum_update_is_an_ema() -> None:
 def moco_parts(tmp_path_factory, covid_prepared: Path, tiny_bert_dir: Path):
     folder = tmp_path_factory.mktemp("moco")
     manifest = small_manifest(covid_prepared, folder)
-    config = tiny_config(manifest, folder / "run", tiny_bert_dir, objective="moco_v2", optim__lr=0.03,
-                         objective_params="{queue_size: 16, momentum: 0.9}")
+    config = tiny_config(
+        manifest,
+        folder / "run",
+        tiny_bert_dir,
+        objective="moco_v2",
+        optim__lr=0.03,
+        objective_params="{queue_size: 16, momentum: 0.9}",
+    )
     torch.manual_seed(0)
     return build_objective(config)
 
@@ -134,8 +140,12 @@ def test_a_few_steps_lower_the_loss_on_real_images(moco_parts) -> None:
 
 def test_moco_config_errors(moco_parts, tiny_bert_dir: Path) -> None:
     manifest = moco_parts.data.config.data.manifest
-    for params, key in (("{momentum: 1.0}", "momentum"), ("{queue_size: 0}", "queue_size"),
-                        ("{lr_milestones_epochs: [a]}", "lr_milestones_epochs")):
+    for params, key in (
+        ("{momentum: 1.0}", "momentum"),
+        ("{queue_size: 0}", "queue_size"),
+        ("{lr_milestones_epochs: [a]}", "lr_milestones_epochs"),
+    ):
         with pytest.raises(ConfigError, match=f"objective_params.{key}"):
-            build_objective(tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="moco_v2",
-                                        objective_params=params))
+            build_objective(
+                tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="moco_v2", objective_params=params)
+            )

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from objective_fixtures import fixed_batch_training, image_encoder_gradients, real_batch, small_manifest
 
+from conftest import tiny_config
 from convirt.errors import ConfigError
 from convirt.objectives import build_objective
 from convirt.objectives.simclr import nt_xent_loss
+from objective_fixtures import fixed_batch_training, image_encoder_gradients, real_batch, small_manifest
 
 
 def test_nt_xent_hand_checked() -> None:
@@ -65,9 +65,11 @@ def test_simclr_settings_and_errors(simclr_parts, tiny_bert_dir: Path) -> None:
     assert module.temperature == 0.1 and module.model.head.out_dim == 128 and module.plateau is None
     assert simclr_parts.payload["objective_params"] == {"temperature": 0.1, "out_dim": 128, "lr_schedule": "constant"}
     manifest = simclr_parts.data.config.data.manifest
-    with pytest.raises(ConfigError, match="objective_params.temperature"):
-        build_objective(tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="simclr",
-                                    objective_params="{temperature: 0}"))
+    with pytest.raises(ConfigError, match=r"objective_params\.temperature"):
+        build_objective(
+            tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="simclr", objective_params="{temperature: 0}")
+        )
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['queue_size'\]"):
-        build_objective(tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="simclr",
-                                    objective_params="{queue_size: 3}"))
+        build_objective(
+            tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="simclr", objective_params="{queue_size: 3}")
+        )

@@ -23,8 +23,13 @@ def manifest_path(tmp_path: Path) -> Path:
     for i, value in enumerate((30, 90, 150, 210)):
         Image.fromarray(np.full((40, 50), value, dtype=np.uint8)).save(tmp_path / f"img{i}.png")
     rows = [
-        {"images": "img0.png|img1.png", "text": "First sentence here.\nSecond sentence here.\nThird one here.",
-         "patient_id": "p0", "study_id": "s0", "split": "train"},
+        {
+            "images": "img0.png|img1.png",
+            "text": "First sentence here.\nSecond sentence here.\nThird one here.",
+            "patient_id": "p0",
+            "study_id": "s0",
+            "split": "train",
+        },
         {"images": "img2.png", "text": "Only sentence.", "patient_id": "p1", "study_id": "s1", "split": "train"},
         {"images": "img3.png", "text": "Another report.", "patient_id": "p2", "study_id": "s2", "split": "train"},
     ]

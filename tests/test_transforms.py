@@ -23,7 +23,12 @@ def test_pipeline_has_the_papers_parameters_in_order() -> None:
     steps = paper_augmentation().transforms
     names = [type(s).__name__ for s in steps]
     assert names == [
-        "RandomAreaCrop", "RandomHorizontalFlip", "RandomAffine", "ColorJitter", "RandomGaussianBlur", "Resize",
+        "RandomAreaCrop",
+        "RandomHorizontalFlip",
+        "RandomAffine",
+        "ColorJitter",
+        "RandomGaussianBlur",
+        "Resize",
         "ToModelInput",
     ]
     crop, flip, affine, jitter, blur, resize, _ = steps
@@ -57,7 +62,9 @@ def test_crop_area_fraction_is_within_range() -> None:
 def test_blur_matches_torchvision_and_samples_sigma() -> None:
     image = torch.randint(0, 256, (1, 40, 50), dtype=torch.uint8).float()
     for sigma in (0.5, 1.7, 3.0):
-        torch.testing.assert_close(gaussian_blur(image, 23, sigma), TF.gaussian_blur(image, [23, 23], [sigma, sigma]), atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(
+            gaussian_blur(image, 23, sigma), TF.gaussian_blur(image, [23, 23], [sigma, sigma]), atol=1e-3, rtol=1e-5
+        )
     blur = RandomGaussianBlur(23, (0.1, 3.0))
     torch.manual_seed(3)
     sigmas = [float(torch.empty(1).uniform_(0.1, 3.0)) for _ in range(5)]

@@ -99,13 +99,13 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return frame.fillna("").astype(str)
 
 
-def require_columns(frame: pd.DataFrame, required: Sequence[str], source: str) -> None:
-    """Raise a :class:`ManifestError` listing the missing and the present columns."""
+def require_columns(frame: pd.DataFrame, required: Sequence[str], source: str, hint: str | None = None) -> None:
+    """Raise a :class:`ManifestError` listing the missing and the present columns (``hint``: what to do)."""
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ManifestError(
             f"{source} is missing column(s) {missing}; it has {list(frame.columns)}. "
-            f"A paired manifest needs {list(required)} (see `convirt prepare --help`)."
+            + (hint or f"It needs {list(required)}.")
         )
 
 
@@ -157,7 +157,12 @@ def read_paired_manifest(
     """
     path = Path(path)
     frame = read_table(path)
-    require_columns(frame, PAIRED_COLUMNS, f"manifest {path}")
+    require_columns(
+        frame,
+        PAIRED_COLUMNS,
+        f"manifest {path}",
+        f"A paired manifest needs {list(PAIRED_COLUMNS)} (see `convirt prepare --help`).",
+    )
     unknown = sorted(set(frame["split"]) - set(SPLITS))
     if unknown:
         raise ManifestError(f"manifest {path} has unknown split value(s) {unknown}; use one of {list(SPLITS)}")

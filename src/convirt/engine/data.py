@@ -72,7 +72,6 @@ class PairedDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-
     def _loader(self, dataset: PairedDataset, sampler, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.config.data.num_workers
         return DataLoader(

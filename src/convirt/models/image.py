@@ -116,7 +116,8 @@ def _download_imagenet(name: str, backbone: nn.Module) -> dict[str, torch.Tensor
         raise ModelLoadError(
             f"could not download the ImageNet weights {weights} for {name!r} ({type(exc).__name__}: {exc}). "
             f"On a machine with a network, download {weights.url} and pass it as a local file "
-            f"(model.image_weights=/path/to/{Path(weights.url).name}), or place it in {cache}."
+            f"(pretraining: model.image_weights=/path/to/{Path(weights.url).name}; evaluation: "
+            f"--encoder {name}=/path/to/{Path(weights.url).name}), or place it in {cache}."
         ) from exc
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from convirt.data.manifest import require_columns
 from convirt.errors import ManifestError
 from convirt.prepare.splits import assign_splits
 
@@ -67,7 +68,4 @@ def draw_val_test(frame: pd.DataFrame, val_size: float | int, test_size: float |
 
 def require_table_columns(frame: pd.DataFrame, required: Iterable[str], source: str, layout: str = "") -> None:
     """Raise a :class:`ManifestError` listing the missing and the present columns of a source table."""
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        hint = f"; expected the layout {layout}" if layout else ""
-        raise ManifestError(f"{source} is missing column(s) {missing}; it has {list(frame.columns)}{hint}")
+    require_columns(frame, list(required), source, f"Expected the layout {layout}." if layout else None)
