@@ -80,3 +80,21 @@ def test_compact_string_storage_round_trips() -> None:
     assert list(column) == strings and column[-1] == strings[-1]
     ragged = RaggedStrings([["x", "y"], [], ["z"]])
     assert ragged[0] == ["x", "y"] and ragged[1] == [] and ragged.count(2) == 1 and ragged.item(0, 1) == "y"
+
+
+def test_atomic_writes_replace_whole_files_with_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from convirt.fileio import atomic_open, atomic_write_text
+
+    target = tmp_path / "out" / "result.txt"
+    atomic_write_text(target, "first")
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write("partial")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "first"  # the failed write left the old file intact and no temporary behind
+    assert [p.name for p in target.parent.iterdir()] == ["result.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask

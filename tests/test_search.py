@@ -163,4 +163,4 @@ def test_text_search_needs_the_shared_space_and_images_are_found_by_content(tmp_
         search_index(index, text="Pneumonia.", embedder=load_embedder("random:resnet18"))
     sheet = contact_sheet([SearchHit(1, str(tmp_path / "a" / "x.png"), 0.5)], tmp_path / "s.png", query_text="q")
     with Image.open(sheet) as image:
-        assert image.size == (2 * 164 + 4, 160 + 30 + 8)
+        assert image.size == (2 * 164 + 4, 160 + 34 + 8)  # two tiles, one row with a two-line caption

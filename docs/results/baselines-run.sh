@@ -22,9 +22,22 @@ convirt pretrain --config configs/baselines/caption_lstm.yaml $COMMON train.outp
 convirt pretrain --config configs/baselines/caption_transformer.yaml $COMMON train.output_dir=$RUNS/caption_transformer \
   objective_params.min_count=3 objective_params.max_words=60
 
+# Evaluation on a CPU-sized Kermany subset: 600 random training images (seed 0) + the full 624-image test set,
+# pre-decoded at 128 px (feature extraction from the full-size JPEGs ran at ~6 images/s on the shared CPU).
+python docs/results/baselines-kermany-subset.py "$KERMANY" "$RUNS/kermany-small"
 ENCODERS=(--encoder random:resnet18 --name random)
-for o in convirt contrastive_binary caption_lstm caption_transformer simclr moco_v2; do
+for o in convirt contrastive_binary simclr moco_v2 caption_lstm caption_transformer; do
   ENCODERS+=(--encoder "$RUNS/$o/checkpoints/best.ckpt" --name "$o")
 done
-convirt evaluate classify --dataset "imagefolder:$KERMANY" "${ENCODERS[@]}" --protocol linear \
-  --fractions 0.01,0.1 --seeds 3 --image-size 64 --threads 2 --output "$RUNS/classify-kermany"
+# fractions of the 540-image training split (10 % = 54 labelled images, 100 % = 540; ~1 % and ~10 % of Kermany)
+convirt evaluate classify --dataset "imagefolder:$RUNS/kermany-small" "${ENCODERS[@]}" --protocol linear \
+  --fractions 0.1,1 --seeds 3 --image-size 64 --threads 2 --output "$RUNS/classify-kermany"
+# image-image retrieval (h_v) on the test split; the retrieval command needs export folders for non-ConVIRT objectives
+RETRIEVAL=(--encoder random:resnet18 --label random)
+for o in convirt contrastive_binary simclr moco_v2 caption_lstm caption_transformer; do
+  convirt export "$RUNS/$o/checkpoints/best.ckpt" "$RUNS/export/$o"
+  RETRIEVAL+=(--encoder "$RUNS/export/$o" --label "$o")
+done
+convirt evaluate retrieval --dataset "$RUNS/kermany-small" --split test \
+  --prompts /work/shared/data/convirt-retrieval/text_query.csv --prompt-map "NORMAL=No Finding" \
+  --prompt-map PNEUMONIA=Pneumonia "${RETRIEVAL[@]}" --image-size 64 --space h_v --output "$RUNS/retrieval-kermany"

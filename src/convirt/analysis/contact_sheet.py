@@ -31,7 +31,7 @@ def _thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
 def _text_tile(text: str, size: int, font) -> Image.Image:
     tile = Image.new("RGB", (size, size), (245, 245, 235))
     draw = ImageDraw.Draw(tile)
-    lines = textwrap.wrap(f'"{text}"', width=max(8, size // 8))[: size // 14]
+    lines = textwrap.wrap(f'"{text}"', width=max(8, size // 7))[: size // 16]
     draw.multiline_text((6, 6), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=3)
     return tile
 
@@ -45,8 +45,11 @@ def contact_sheet(
     thumb_size: int = 160,
 ) -> Path:
     """Write a PNG grid: the query (image, or the text on a card) then the hits (``rank``, ``score``, ``path``)."""
-    font = ImageFont.load_default()
-    line_height = 12
+    try:
+        font = ImageFont.load_default(size=12)  # scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError):  # pragma: no cover - old Pillow: bitmap font
+        font = ImageFont.load_default()
+    line_height = 14
     caption = line_height * CAPTION_LINES + 6
     cells: list[tuple[Image.Image, list[str]]] = []
     if query_image is not None:

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         "Needs no data and no network.",
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--size", type=int, default=None, help="pretraining pairs (default 4000; --quick 96)")
+    demo.add_argument("--size", type=int, default=None, help="pretraining pairs (default 4000; --quick 64)")
     demo.add_argument("--eval-size", type=int, default=None, help="labelled evaluation studies (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=None, help="pretraining steps (default: from the config, 360)")

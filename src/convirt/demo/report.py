@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from convirt.fileio import atomic_write_text
@@ -31,6 +32,24 @@ def targets(metrics: dict) -> dict:
     }
 
 
+def _missed_note(metrics: dict, t: dict, cfg: dict) -> list[str]:
+    """When a target is missed: what the run shows about why, and where the attempts are written down."""
+    if all(v["met"] for v in t.values()):
+        return []
+    batch = cfg["data"]["batch_size"]
+    chance_loss = math.log(batch)
+    final = metrics["pretrain"]["final_val_loss"]
+    lines = ["**Targets missed in this run.**"]
+    if final is not None and final > chance_loss - 0.05:
+        lines[0] += (
+            f" The validation loss ended at {final:.3f}, i.e. still at ln({batch}) = {chance_loss:.3f}, the value of "
+            f"a model that cannot tell the pairs apart: after {metrics['pretrain']['steps']} steps pretraining had not "
+            "left its initial plateau, so the evaluation measures an essentially untrained encoder."
+        )
+    lines[0] += " What was tried, and what to try next, is in `docs/demo.md` (section Status)."
+    return [*lines, ""]
+
+
 def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
     r = metrics["retrieval"]
     lp = metrics["linear_probe"]
@@ -56,6 +75,7 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         f"| linear probe mean AUC at 1 % labels, ConVIRT − random init | {t['probe_gain_at_1pct']['value']:+.3f} | "
         f"≥ +0.100 | {'yes' if t['probe_gain_at_1pct']['met'] else 'no'} |",
         "",
+        *_missed_note(metrics, t, cfg),
         "## Data",
         "",
         f"- Pretraining: {data['pretrain_pairs']} synthetic studies ({data['image_size']} px), prepared with the `csv` "

@@ -74,8 +74,8 @@ class DemoSettings:
     @classmethod
     def quick_settings(cls, **kwargs) -> DemoSettings:
         base = {
-            "pretrain_size": 96,
-            "eval_size": 480,  # enough single-category test images for Precision@50
+            "pretrain_size": 64,
+            "eval_size": 400,  # enough single-category test images (~65) for Precision@50
             "image_size": 64,
             "probe_seeds": 1,
             "tsne_points": 60,

@@ -27,7 +27,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from convirt.config import Config
@@ -127,7 +127,6 @@ def build_trainer(
     callbacks: list[L.Callback] = [
         best,
         last,
-        LearningRateMonitor(logging_interval="step"),
         LossCurve(output_dir / "logs", output_dir / "loss_curve.png"),
     ]
     if t.progress_bar:
