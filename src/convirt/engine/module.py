@@ -96,8 +96,12 @@ class ConVIRTModule(L.LightningModule):
         out = self.model(images, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         return self.loss_fn(out.image_embeddings, out.text_embeddings)
 
+    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a training batch; objectives with per-step side effects (MoCo's queue) override this."""
+        return self._loss(batch)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        loss = self.train_loss(batch)
         size = batch["images"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
@@ -127,8 +131,8 @@ class ConVIRTModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.evaluations += 1
-        assert self.plateau is not None
-        self.plateau.step(val_loss)
+        if self.plateau is not None:  # objectives with another schedule (SimCLR, MoCo) have none
+            self.plateau.step(val_loss)
         self.log("val/evaluations", float(self.evaluations), sync_dist=False)
 
     # -- checkpoint state ---------------------------------------------------------------------------------------

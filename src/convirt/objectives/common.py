@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from convirt.checkpoint import FORMAT_VERSION
 from convirt.config import Config
@@ -117,34 +116,6 @@ class BaselineModule(ConVIRTModule):
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
         """The loss of a batch as validated (no side effects)."""
         raise NotImplementedError
-
-    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The loss of a training batch, with the objective's per-step side effects (MoCo: EMA and queue)."""
-        return self._loss(batch)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.train_loss(batch)
-        size = batch["images"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
-        if batch["skipped"]:
-            self.skipped_images.extend(batch["skipped"])
-        return loss
-
-    def on_validation_epoch_end(self) -> None:
-        totals = torch.stack([self._val_sum, self._val_count])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(totals)
-        if totals[1] == 0:
-            return
-        val_loss = float(totals[0] / totals[1])
-        self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
-        if self.trainer.sanity_checking:
-            return
-        self.evaluations += 1
-        if self.plateau is not None:
-            self.plateau.step(val_loss)
-        self.log("val/evaluations", float(self.evaluations), sync_dist=False)
 
 
 def steps_per_epoch(train_pairs: int, batch_size: int, world_size: int = 1) -> int:
