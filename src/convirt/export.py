@@ -111,6 +111,7 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    torch.set_grad_enabled(False)
-    print(json.dumps(export_checkpoint(args.checkpoint, args.output), indent=2))
+    with torch.no_grad():  # local: the CLI also runs in-process (tests, notebooks)
+        written = export_checkpoint(args.checkpoint, args.output)
+    print(json.dumps(written, indent=2))
     return 0

@@ -132,6 +132,16 @@ def dataset_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # --threads applies to this command only (it may run in-process)
+
+
+def _run(args: argparse.Namespace) -> int:
     from convirt.data.labelled import write_labelled_manifest
     from convirt.data.sources import load_labelled_dataset
     from convirt.evaluation.classification import ClassificationSettings, Recipe, encoder_choice
