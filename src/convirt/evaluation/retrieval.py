@@ -33,19 +33,9 @@ import torch
 
 from convirt.analysis.encoders import Embedder
 from convirt.errors import ConfigError, ConvirtError, ManifestError
+from convirt.evaluation.paper_numbers import CHEXPERT_8X200_CATEGORIES as CHEXPERT_CATEGORIES
 from convirt.paths import shared_data_dir
 
-# The 8 categories of CheXpert 8x200, in the order of the paper's Appendix D.
-CHEXPERT_CATEGORIES = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Edema",
-    "Fracture",
-    "Pleural Effusion",
-    "Pneumonia",
-    "Pneumothorax",
-    "No Finding",
-)
 OFFICIAL_COUNTS = {"candidate.csv": 200, "image_query.csv": 10, "text_query.csv": 5}  # per category
 CHEXPERT_ROOT_NAME = "CheXpert-v1.0-small"
 DEFAULT_KS = (5, 10, 50, 100)

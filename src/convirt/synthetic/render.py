@@ -40,17 +40,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from convirt.evaluation.paper_numbers import CHEXPERT_8X200_CATEGORIES
+
 # The CheXpert 8x200 categories (paper Appendix D), in our column order.
-CATEGORIES = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Edema",
-    "Fracture",
-    "Pleural Effusion",
-    "Pneumonia",
-    "Pneumothorax",
-    "No Finding",
-)
+CATEGORIES = CHEXPERT_8X200_CATEGORIES
 FINDINGS = CATEGORIES[:-1]
 NORMAL_CTR = (0.38, 0.48)
 CARDIOMEGALY_CTR = (0.55, 0.68)
