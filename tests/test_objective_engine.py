@@ -11,10 +11,12 @@ import torch
 import torchvision
 
 from conftest import tiny_config
+from convirt.analysis.encoders import load_embedder
 from convirt.api import load_image_encoder
 from convirt.checkpoint import load_image_encoder_from_checkpoint, load_model
 from convirt.engine.train import pretrain
 from convirt.errors import CheckpointError, ConfigError
+from convirt.evaluation.classification.runner import encoder_choice
 from convirt.export import export_checkpoint
 from objective_fixtures import small_manifest
 
@@ -87,6 +89,15 @@ def test_objective_runs_in_the_engine_and_exports(objective: str, manifest: Path
         torch.testing.assert_close(load_image_encoder(str(tmp_path / "export")).eval()(images), expected)
     with pytest.raises(CheckpointError, match="no text tower"):
         load_model(result.last_checkpoint)
+
+    # The evaluation commands take the .ckpt unchanged: image-only h_v for retrieval, the objective as its init.
+    embedder = load_embedder(str(result.last_checkpoint), image_size=64, device="cpu", fast=False)
+    assert embedder.spaces == ("h_v",) and not embedder.has_text
+    torch.testing.assert_close(embedder.embed_images(images, ["h_v"])["h_v"], torch.nn.functional.normalize(expected))
+    random_like = load_embedder(f"random-like:{result.last_checkpoint}", image_size=64, device="cpu", fast=False)
+    assert random_like.spaces == ("h_v",) and random_like.embed_images(images, ["h_v"])["h_v"].shape == expected.shape
+    assert encoder_choice(str(result.last_checkpoint)).init == objective
+    assert encoder_choice(str(tmp_path / "export")).init == objective
 
 
 def test_unknown_objective_is_a_config_error(manifest: Path, tiny_bert_dir: Path) -> None:

@@ -71,6 +71,11 @@ def restore_text_model(payload: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
 IMAGE_ENCODER_PREFIX = MODEL_PREFIX + "image_encoder."
 
 
+def checkpoint_objective(path: str | os.PathLike) -> str:
+    """The pretraining objective (``convirt``, ``moco_v2``, ...) a checkpoint was trained with."""
+    return str(read_checkpoint(path)["convirt"]["config"].get("objective", "convirt"))
+
+
 def load_image_encoder_from_checkpoint(path: str | os.PathLike):
     """The image encoder of any objective's pretraining checkpoint (all keep it at ``model.image_encoder``)."""
     from convirt.models.image import create_image_encoder

@@ -22,7 +22,7 @@ from convirt.errors import ConfigError
 @dataclass
 class ModelConfig:
     image_encoder: str = "resnet50"  # any torchvision classification model name, or timm/<name>
-    image_weights: str | None = "imagenet"  # none | imagenet | path to a local file
+    image_weights: str | None = "imagenet"  # none | imagenet | builtin:imagenet (offline, MobileNetV2) | a local file
     text_encoder: str = "emilyalsentzer/Bio_ClinicalBERT"  # hub name or local folder (BERT family)
     text_weights: str = "pretrained"  # pretrained | random (keep the architecture, re-initialise)
     freeze_layers: int = 6  # embeddings + the first K transformer layers are frozen

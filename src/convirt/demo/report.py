@@ -50,6 +50,15 @@ def _missed_note(metrics: dict, t: dict, cfg: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _init_words(weights) -> str:
+    text = str(weights or "none").lower()
+    if text in ("none", "random"):
+        return "random init"
+    if text == "builtin:imagenet":
+        return "ImageNet init, offline weights"
+    return "ImageNet init" if text == "imagenet" else f"init from {weights}"
+
+
 def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
     r = metrics["retrieval"]
     lp = metrics["linear_probe"]
@@ -91,7 +100,8 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "",
         "## Pretraining",
         "",
-        f"{cfg['model']['image_encoder']} (random init) at {cfg['data']['augment']['output_size']} px + "
+        f"{cfg['model']['image_encoder']} ({_init_words(cfg['model'].get('image_weights'))}) at "
+        f"{cfg['data']['augment']['output_size']} px + "
         f"{cfg['model']['text_encoder']} (first {cfg['model']['freeze_layers']} layers frozen), projection "
         f"{cfg['model']['projection_dim']}, batch {cfg['data']['batch_size']}, lr {cfg['optim']['lr']:g}, "
         f"tau {cfg['loss']['temperature']}, lambda {cfg['loss']['lambda_']}: {pre['steps']} steps in "
@@ -104,7 +114,8 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "Every test image queries all the others (leave-one-out) for image-image retrieval; each of the "
         f"{r['n_text_queries']} text queries (5 per category, `convirt.demo.config.TEXT_QUERIES`) ranks all test "
         "images for text-image retrieval. Random init = the same architecture with every weight freshly "
-        "initialised.",
+        "initialised; ImageNet init = the image encoder pretraining started from (no text tower, so image-image "
+        "only).",
         "",
         "| task | encoder | space | P@5 | P@10 | P@50 |",
         "|---|---|---|---|---|---|",
@@ -116,6 +127,7 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         ("image-image", "ConVIRT", "h_v", r["image_image"]),
         ("image-image", "ConVIRT", "v", r["image_image_v"]),
         ("image-image", "random init", "h_v", r["random_init"]["image_image"]),
+        *([("image-image", "ImageNet init", "h_v", r["imagenet_init"]["image_image"])] if "imagenet_init" in r else []),
         ("image-image", "chance", "", chance.get("image_image", {})),
     ]
     for task, enc, space, values in rows:
@@ -155,7 +167,10 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "| encoder | 1 % | 10 % | 100 % |",
         "|---|---|---|---|",
     ]
-    for key, name in (("convirt", "ConVIRT"), ("random_init", "random init (same ResNet)")):
+    probe_rows = [("convirt", "ConVIRT"), ("random_init", "random init (same architecture)")]
+    if "imagenet_init" in lp:
+        probe_rows.append(("imagenet_init", "ImageNet init (before ConVIRT)"))
+    for key, name in probe_rows:
         cells = [f"{lp[key][k]:.3f} ± {lp[key][k + '_std']:.3f}" for k in ("auc@0.01", "auc@0.1", "auc@1")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     figures = evaluation.get("figures", {})

@@ -13,8 +13,9 @@ Stages (each reuses the project's library, so the demo exercises the real paths)
    - text-image and image-image Precision@5/10/50 (``convirt.evaluation.retrieval.evaluate_labelled``), ConVIRT
      against the same architecture with every weight freshly initialised (``random-like:``);
    - zero-shot classification from the text queries (``convirt.evaluation.zeroshot``);
-   - linear probe at 1 / 10 / 100 % of the training labels, ConVIRT image encoder against a random-init ResNet
-     (``convirt.evaluation.classification``), mean AUC over the 8 labels, mean over seeds;
+   - linear probe at 1 / 10 / 100 % of the training labels, ConVIRT image encoder against the same architecture
+     with random init and against the ImageNet weights pretraining started from (the paper's two baselines;
+     ``convirt.evaluation.classification``), mean AUC over the 8 labels, mean over seeds;
    - t-SNE, Grad-CAM saliency for the text queries, a text-query retrieval contact sheet (``convirt.analysis``);
 
 5. **report**: ``OUT/report.md`` and ``OUT/metrics.json`` (flat keys such as ``retrieval.text_image.p@10``), with the
@@ -51,6 +52,7 @@ REQUIRED_KEYS = (
     "pretrain.final_val_loss",
     "pretrain.seconds",
 )
+IMAGENET_LABEL = "ImageNet init"  # the pretraining's starting weights, before ConVIRT
 FIGURES = ("loss_curve.png", "tsne.png", "saliency.png", "contact_sheet.png")
 
 
@@ -241,11 +243,15 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
     convirt = ConvirtEmbedder(encoder, "ConVIRT", str(checkpoint))
     random_like = load_embedder(f"random-like:{checkpoint}", "random init", seed=settings.seed)
     embedders = [convirt, random_like]
+    initial = pretrained_init_spec(checkpoint)
+    if initial is not None:  # the weights pretraining started from (ImageNet): image-image retrieval only
+        image_size = settings.eval_image_size or settings.image_size
+        embedders.append(load_embedder(initial, IMAGENET_LABEL, image_size=image_size))
     batch = 64
     ks = tuple(k for k in KS if k < len(paths))
     retrieval = evaluate_labelled(embedders, paths, labels, prompts, ks=ks, spaces=("h_v", "v"), batch_size=batch,
                                   source="synthetic eval test split")  # fmt: skip
-    zero_shot = evaluate_zeroshot(embedders, paths, labels, prompts, batch_size=batch)
+    zero_shot = evaluate_zeroshot([convirt, random_like], paths, labels, prompts, batch_size=batch)
 
     def precision(encoder_label: str, task: str, space: str) -> dict:
         for r in retrieval.results:
@@ -261,6 +267,7 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
             "text_image": precision("random init", "text_image", "v"),
             "image_image": precision("random init", "image_image", "h_v"),
         },
+        **({"imagenet_init": {"image_image": precision(IMAGENET_LABEL, "image_image", "h_v")}} if initial else {}),
         "chance": {task: {f"p@{k}": round(r.mean[k] / 100.0, 4) for k in r.ks} for task, r in retrieval.prior.items()},
         "n_images": len(paths),
         "n_text_queries": sum(len(v) for v in prompts.values()),
@@ -295,7 +302,7 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
 
 
 def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSettings, log):
-    """Linear probe on cached features: ConVIRT image encoder vs random init, 1/10/100 % labels, mean AUC."""
+    """Linear probe on cached features: ConVIRT image encoder vs random and ImageNet init, 1/10/100 % labels."""
     from convirt.data.labelled import read_labelled_manifest
     from convirt.evaluation.classification import ClassificationSettings, EncoderChoice, Recipe, evaluate_classification
 
@@ -310,9 +317,14 @@ def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSe
         EncoderChoice(str(checkpoint), "ConVIRT", "convirt"),
         EncoderChoice(f"random:{_architecture(checkpoint)}", "random init", "random"),
     ]
+    encoders = [("convirt", "ConVIRT"), ("random_init", "random init")]
+    initial = pretrained_init_spec(checkpoint)
+    if initial is not None:
+        choices.append(EncoderChoice(initial, IMAGENET_LABEL, "imagenet"))
+        encoders.append(("imagenet_init", IMAGENET_LABEL))
     runs = evaluate_classification(manifest, choices, probe_settings, out, log=log)
     probe: dict = {}
-    for key, name in (("convirt", "ConVIRT"), ("random_init", "random init")):
+    for key, name in encoders:
         rows = runs[runs["encoder"] == name]
         probe[key] = {}
         for fraction in FRACTIONS:
@@ -331,6 +343,23 @@ def _architecture(checkpoint: Path) -> str:
     from convirt.checkpoint import read_checkpoint
 
     return read_checkpoint(checkpoint)["convirt"]["config"]["model"]["image_encoder"]
+
+
+def pretrained_init_spec(checkpoint: Path) -> str | None:
+    """The image encoder pretraining started from, as an encoder spec (``NAME=FILE`` or ``imagenet:NAME``), or
+    None when it started from random weights: the paper's "ImageNet" baseline row."""
+    from convirt.checkpoint import read_checkpoint
+    from convirt.models.image import BUILTIN_IMAGENET, offline_imagenet_file
+
+    model = read_checkpoint(checkpoint)["convirt"]["config"]["model"]
+    name, weights = model["image_encoder"], str(model.get("image_weights") or "none")
+    if weights.lower() in ("none", "random"):
+        return None
+    if weights.lower() == BUILTIN_IMAGENET:
+        return f"{name}={offline_imagenet_file(name)}"
+    if weights.lower() == "imagenet":
+        return f"imagenet:{name}"
+    return f"{name}={weights}"
 
 
 def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, out: Path, settings) -> dict:

@@ -2,9 +2,11 @@
 
 ``create_image_encoder("resnet50", weights="imagenet")`` returns an :class:`ImageEncoder` whose forward gives the
 pooled feature h_v (2048-d for ResNet50). Weights are ``None``/``"none"`` (random init), ``"imagenet"`` (the
-torchvision default weights, which need a network the first time) or a path to a local file (a torchvision state
-dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only dict such as
-``mobilenet_v2().features``). Names prefixed ``timm/`` use timm when it is installed.
+torchvision default weights, which need a network the first time), ``"builtin:imagenet"`` (ImageNet weights
+shipped by an installed package, no network: MobileNetV2, see :mod:`convirt.paths`) or a path to a local file (a
+torchvision state dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only dict such as
+``mobilenet_v2().features``, also in the legacy pre-0.5 torchvision MobileNetV2 key layout). Names prefixed
+``timm/`` use timm when it is installed.
 
 The backbone keeps torchvision's module names, so :meth:`ImageEncoder.torchvision_state_dict` loads straight back
 into ``torchvision.models.get_model(name)`` with only the classifier keys missing.
@@ -13,6 +15,7 @@ into ``torchvision.models.get_model(name)`` with only the classifier keys missin
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -121,6 +124,28 @@ def _download_imagenet(name: str, backbone: nn.Module) -> dict[str, torch.Tensor
         ) from exc
 
 
+BUILTIN_IMAGENET = "builtin:imagenet"
+
+
+def offline_imagenet_file(name: str) -> Path:
+    """The ImageNet weights for ``name`` that an installed package ships (``model.image_weights=builtin:imagenet``)."""
+    from convirt.paths import OFFLINE_IMAGENET_INSTALL, offline_imagenet_weights
+
+    file = offline_imagenet_weights(name)
+    if file is not None:
+        return file
+    if name not in OFFLINE_IMAGENET_INSTALL:
+        raise ConfigError(
+            f"model.image_weights=builtin:imagenet has offline weights only for "
+            f"{', '.join(sorted(OFFLINE_IMAGENET_INSTALL))}, not {name!r}; use imagenet (download), a local file "
+            "or none"
+        )
+    raise ModelLoadError(
+        f"model.image_weights=builtin:imagenet for {name} needs the package that ships its weights: "
+        f"{OFFLINE_IMAGENET_INSTALL[name]} (make setup installs it), or set model.image_weights=none"
+    )
+
+
 _PREFIXES = ("module.", "model.", "image_encoder.backbone.", "image_encoder.", "backbone.", "encoder.")
 
 
@@ -140,6 +165,7 @@ def load_state_dict_flexibly(module: nn.Module, state: dict[str, torch.Tensor], 
     for prefix in _PREFIXES:
         candidates.append({k[len(prefix) :]: v for k, v in candidates[0].items() if k.startswith(prefix)})
     candidates.append({f"features.{k}": v for k, v in candidates[0].items()})
+    candidates.extend([_from_legacy_mobilenet_v2(c) for c in candidates])
     for candidate in candidates:
         matched = {k: v for k, v in candidate.items() if k in target}
         if len(matched) > len(best):
@@ -157,6 +183,32 @@ def load_state_dict_flexibly(module: nn.Module, state: dict[str, torch.Tensor], 
         )
     result = module.load_state_dict(best, strict=False)
     return list(result.missing_keys)
+
+
+_LEGACY_BLOCK = re.compile(r"^(features\.\d+\.conv\.)(\d+)\.(.+)$")
+# torchvision < 0.5 built MobileNetV2's inverted residual blocks as one flat Sequential (conv, bn, relu6, ...);
+# today's nests each conv-bn-relu6. Index maps per block, by its last index: 4 (no expansion) or 7 (expansion).
+_LEGACY_MOBILENET_V2 = {
+    4: {0: "0.0", 1: "0.1", 3: "1", 4: "2"},
+    7: {0: "0.0", 1: "0.1", 3: "1.0", 4: "1.1", 6: "2", 7: "3"},
+}
+
+
+def _from_legacy_mobilenet_v2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a legacy-layout MobileNetV2 state dict (``features.2.conv.6.weight``) to today's
+    (``features.2.conv.2.weight``); other keys pass unchanged."""
+    last: dict[str, int] = {}
+    for key in state:
+        match = _LEGACY_BLOCK.match(key)
+        if match:
+            last[match.group(1)] = max(last.get(match.group(1), 0), int(match.group(2)))
+    renamed = {}
+    for key, value in state.items():
+        match = _LEGACY_BLOCK.match(key)
+        mapping = _LEGACY_MOBILENET_V2.get(last.get(match.group(1), -1), {}) if match else {}
+        index = int(match.group(2)) if match else -1
+        renamed[f"{match.group(1)}{mapping[index]}.{match.group(3)}" if index in mapping else key] = value
+    return renamed
 
 
 def _load_local(path: str) -> dict[str, torch.Tensor]:
@@ -178,7 +230,12 @@ def create_image_encoder(name: str = "resnet50", weights: str | os.PathLike | No
     backbone = _timm_model(name) if name.startswith("timm/") else _torchvision_model(name)
     weights_str = None if weights is None else str(weights)
     if weights_str and weights_str.lower() not in ("none", "random"):
-        state = _download_imagenet(name, backbone) if weights_str.lower() == "imagenet" else _load_local(weights_str)
+        if weights_str.lower() == "imagenet":
+            state = _download_imagenet(name, backbone)
+        elif weights_str.lower() == BUILTIN_IMAGENET:
+            state = _load_local(str(offline_imagenet_file(name)))
+        else:
+            state = _load_local(weights_str)
         missing = load_state_dict_flexibly(backbone, state, weights_str)
         non_head = [k for k in missing if not k.startswith(_find_classifier(backbone, name)[0])]
         if non_head:

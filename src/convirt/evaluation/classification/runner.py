@@ -13,6 +13,7 @@ curves of every seed) and ``manifest.csv`` (+ ``.task.json``: the exact labelled
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import platform
 import sys
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 
 from convirt.api import bf16_supported, default_device, load_image_encoder
+from convirt.checkpoint import checkpoint_objective
 from convirt.data.labelled import LabelledManifest, write_labelled_manifest
 from convirt.errors import ConfigError, ManifestError, ModelLoadError
 from convirt.evaluation.classification.features import cached_features, encoder_fingerprint
@@ -56,7 +58,7 @@ class EncoderChoice:
 
     spec: str
     name: str
-    init: str  # random | imagenet | convirt | custom
+    init: str  # random | imagenet | convirt (or the baseline objective of a checkpoint) | custom
 
 
 def encoder_choice(spec: str, name: str | None = None) -> EncoderChoice:
@@ -67,8 +69,10 @@ def encoder_choice(spec: str, name: str | None = None) -> EncoderChoice:
         init = "random"
     elif kind == "imagenet":
         init = "imagenet"
-    elif path.suffix == ".ckpt" or (path / "image_encoder.json").is_file():
-        init = "convirt"
+    elif path.suffix == ".ckpt" and path.is_file():
+        init = checkpoint_objective(path)  # convirt, or the baseline objective it was pretrained with
+    elif (path / "image_encoder.json").is_file():
+        init = str(json.loads((path / "image_encoder.json").read_text()).get("objective", "convirt"))
     else:
         init = "custom"
     return EncoderChoice(spec=spec, name=name or spec, init=init)
