@@ -11,9 +11,11 @@ from PIL import Image
 from torch import nn
 
 from convirt.data.labelled import LabelledTask
+from convirt.errors import ConfigError
+from convirt.evaluation.classification import ClassificationSettings
 from convirt.evaluation.classification.features import cached_features, encode_images
 from convirt.evaluation.classification.finetune import finetune
-from convirt.evaluation.classification.linear import linear_probe_features, linear_probe_images
+from convirt.evaluation.classification.linear import linear_probe_features, linear_probe_images, standardize_features
 from convirt.evaluation.classification.metrics import Score
 from convirt.evaluation.classification.training import EvalSplit, Recipe, fit, task_loss
 from convirt.models.image import create_image_encoder
@@ -120,6 +122,35 @@ def test_cached_feature_probe_agrees_with_paper_recipe(tiny, tmp_path):
     assert cached.test.value > 0.75  # the brightness signal is linearly readable from random features
     other_seed = linear_probe_features(BINARY, split("train", True), split("val", True), split("test", True), recipe, 4)
     assert not np.allclose(other_seed.test_probabilities, cached.test_probabilities)
+
+
+def test_standardize_is_the_train_zscore_and_makes_the_probe_blind_to_feature_scale():
+    rng = np.random.default_rng(0)
+    labels = {name: np.arange(n) % 2 for name, n in (("train", 40), ("val", 16), ("test", 16))}
+    raw = {
+        name: torch.tensor(rng.normal(0, 1, (len(y), 6)) + 3.0 * y[:, None] * np.eye(6)[0], dtype=torch.float32)
+        for name, y in labels.items()
+    }
+    # by hand: train mean/std (population), applied to every split; a constant column is only centred
+    train = torch.cat([raw["train"], torch.full((40, 1), 3.0)], dim=1)
+    z_train, z_test = standardize_features(train, torch.cat([raw["test"], torch.full((16, 1), 3.0)], dim=1))
+    column = train[:, 0].double()
+    expected = (column - column.mean()) / column.std(unbiased=False)
+    torch.testing.assert_close(z_train[:, 0], expected.float())
+    assert torch.all(z_train[:, -1] == 0) and torch.all(z_test[:, -1] == 0)
+
+    def splits(scale):
+        return [EvalSplit(labels[n], None, [""] * len(labels[n]), raw[n] * scale) for n in ("train", "val", "test")]
+
+    recipe = Recipe(lr=3e-2, batch_size=8, max_epochs=30, dropout=0.0)
+    standard = Recipe(lr=3e-2, batch_size=8, max_epochs=30, dropout=0.0, standardize=True)
+    plain = linear_probe_features(BINARY, *splits(1.0), standard, 0)
+    tiny_scale = linear_probe_features(BINARY, *splits(1e-10), standard, 0)
+    np.testing.assert_allclose(tiny_scale.test_probabilities, plain.test_probabilities, atol=1e-4)
+    assert plain.test.value > 0.8
+    assert linear_probe_features(BINARY, *splits(1e-10), recipe, 0).test.value <= 0.6  # unscaled: nothing to learn
+    with pytest.raises(ConfigError, match="cached features only"):
+        ClassificationSettings(protocol="finetune", training=standard)
 
 
 def test_finetune_warmup_trains_only_the_head_then_everything(tiny):

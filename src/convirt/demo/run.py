@@ -307,7 +307,10 @@ def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSe
     from convirt.evaluation.classification import ClassificationSettings, EncoderChoice, Recipe, evaluate_classification
 
     manifest = read_labelled_manifest(labels_csv)
-    recipe = Recipe(lr=1e-3, batch_size=64, max_epochs=100 if not settings.quick else 5, stop_patience=15)
+    # standardised features: a random-init MobileNetV2's features are ~1e-10 in eval mode, which an unscaled probe
+    # cannot use at all; z-scoring gives every encoder the same footing
+    recipe = Recipe(lr=1e-3, batch_size=64, max_epochs=100 if not settings.quick else 5, stop_patience=15,
+                    standardize=True)  # fmt: skip
     probe_settings = ClassificationSettings(
         protocol="linear", recipe="features", fractions=FRACTIONS, seeds=settings.probe_seeds,
         image_size=settings.eval_image_size or settings.image_size, workers=0, training=recipe,

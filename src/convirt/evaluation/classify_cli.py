@@ -87,6 +87,8 @@ def register(subparsers) -> None:
     training.add_argument("--warmup-steps", type=int, default=200, help="fine-tune: head-only steps at --warmup-lr")
     training.add_argument("--warmup-lr", type=float, default=1e-3)
     training.add_argument("--monitor", choices=["metric", "loss"], default="metric", help="what 'improvement' means")
+    training.add_argument("--standardize", action="store_true", help="linear probe on cached features: z-score "
+                          "each feature with the training subset's mean/std first (not in the paper)")  # fmt: skip
     training.add_argument("--image-size", type=int, default=224)
     training.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     training.add_argument("--no-fast", action="store_true", help="disable bf16 autocast + channels_last")
@@ -167,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     recipe = Recipe(
         lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, batch_size=args.batch_size,
         max_epochs=args.max_epochs, warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, monitor=args.monitor,
+        standardize=args.standardize,
     )  # fmt: skip
     settings = ClassificationSettings(
         protocol=args.protocol, recipe=args.recipe, fractions=args.fractions, seeds=args.seeds,

@@ -178,3 +178,15 @@ class ObjectiveDataModule(PairedDataModule):
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool):
         self.collate = self.collate_factory(dataset)
         return super()._loader(dataset, sampler, batch_size, drop_last)
+
+
+def two_view_image_parts(config: Config, augmentation: Callable[[torch.Tensor], torch.Tensor]):
+    """Data and image encoder of an image-only objective (SimCLR, MoCo): two ``augmentation`` views per image for
+    training and validation, no text; returns ``(data module set up for fit, image encoder)``."""
+    from convirt.models.image import create_image_encoder
+
+    views = TwoViews(augmentation)
+    data = ObjectiveDataModule(config, lambda _dataset: ImageCollator(), views, views)
+    data.setup("fit")
+    assert data.train_set is not None
+    return data, create_image_encoder(config.model.image_encoder, config.model.image_weights)

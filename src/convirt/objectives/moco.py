@@ -29,18 +29,16 @@ from torch import nn
 from convirt.config import Config
 from convirt.errors import ConfigError
 from convirt.models.heads import ProjectionHead
-from convirt.models.image import ImageEncoder, create_image_encoder
+from convirt.models.image import ImageEncoder
 from convirt.objectives import ObjectiveParts
 from convirt.objectives.augment import moco_v2_augmentation
 from convirt.objectives.common import (
     BaselineModule,
-    ImageCollator,
-    ObjectiveDataModule,
-    TwoViews,
     baseline_payload,
     objective_params,
     require,
     steps_per_epoch,
+    two_view_image_parts,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -192,12 +190,8 @@ def check_params(config: Config) -> dict[str, Any]:
 
 def build(config: Config) -> ObjectiveParts:
     params = check_params(config)
-    size = config.data.augment.output_size
-    views = TwoViews(moco_v2_augmentation(size))
-    data = ObjectiveDataModule(config, lambda _dataset: ImageCollator(), views, views)
-    data.setup("fit")
+    data, encoder = two_view_image_parts(config, moco_v2_augmentation(config.data.augment.output_size))
     assert data.train_set is not None
-    encoder = create_image_encoder(config.model.image_encoder, config.model.image_weights)
     model = MoCoModel(encoder, params["out_dim"], params["queue_size"], params["momentum"], params["bn_groups"])
     payload = baseline_payload(config, objective_params=params)
     return ObjectiveParts(MoCoModule(config, model, payload, params, len(data.train_set)), data, payload)

@@ -18,18 +18,16 @@ from torch import nn
 
 from convirt.config import Config
 from convirt.models.heads import ProjectionHead
-from convirt.models.image import ImageEncoder, create_image_encoder
+from convirt.models.image import ImageEncoder
 from convirt.objectives import ObjectiveParts
 from convirt.objectives.augment import simclr_augmentation
 from convirt.objectives.common import (
     LR_SCHEDULES,
     BaselineModule,
-    ImageCollator,
-    ObjectiveDataModule,
-    TwoViews,
     baseline_payload,
     objective_params,
     require,
+    two_view_image_parts,
 )
 
 DEFAULTS: dict[str, Any] = {"temperature": 0.1, "out_dim": 128, "lr_schedule": "constant"}
@@ -82,10 +80,7 @@ def check_params(config: Config) -> dict[str, Any]:
 
 def build(config: Config) -> ObjectiveParts:
     params = check_params(config)
-    size = config.data.augment.output_size
-    views = TwoViews(simclr_augmentation(size))
-    data = ObjectiveDataModule(config, lambda _dataset: ImageCollator(), views, views)
-    data.setup("fit")
-    model = SimCLRModel(create_image_encoder(config.model.image_encoder, config.model.image_weights), params["out_dim"])
+    data, encoder = two_view_image_parts(config, simclr_augmentation(config.data.augment.output_size))
+    model = SimCLRModel(encoder, params["out_dim"])
     payload = baseline_payload(config, objective_params=params)
     return ObjectiveParts(SimCLRModule(config, model, payload, params), data, payload)

@@ -38,6 +38,15 @@ from convirt.models.image import ImageEncoder
 EVAL_BATCH = 256
 
 
+def standardize_features(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Z-score every column with the mean and (population) std of ``train``; constant columns are only centred."""
+    train64 = train.double()
+    mean = train64.mean(0)
+    std = train64.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(((x.double() - mean) / std).float() for x in (train, *others))
+
+
 def _feature_batches(features: torch.Tensor, batches):
     for index in batches:
         yield features[torch.as_tensor(index, dtype=torch.long)], index
@@ -70,6 +79,8 @@ def linear_probe_features(
     lr = recipe.task_lr(task)
     train_x = train.features.float()
     val_x, test_x = val.features.float(), test.features.float()
+    if recipe.standardize:
+        train_x, val_x, test_x = standardize_features(train_x, val_x, test_x)
     train_y = targets_tensor(task, train.targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -123,12 +123,17 @@ class ClassificationSettings:
                 raise ConfigError("the number of seeds must be at least 1")
             self.seeds = tuple(range(self.seeds))
         self.seeds = tuple(int(s) for s in self.seeds)
+        if self.training.standardize and (self.protocol, self.recipe) != ("linear", "features"):
+            raise ConfigError("feature standardisation (--standardize) is for the linear probe on cached features only")
 
     @property
     def method(self) -> str:
         if self.protocol == "finetune":
             return "fine-tune"
-        return "linear probe (cached features)" if self.recipe == "features" else "linear probe (paper recipe)"
+        if self.recipe == "paper":
+            return "linear probe (paper recipe)"
+        features = "cached, standardised features" if self.training.standardize else "cached features"
+        return f"linear probe ({features})"
 
     def to_dict(self) -> dict:
         data = asdict(self)

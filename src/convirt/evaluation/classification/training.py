@@ -49,6 +49,10 @@ class Recipe:
     warmup_steps: int = 200  # fine-tuning: head-only steps before unfreezing
     warmup_lr: float = 1e-3
     monitor: str = "metric"  # metric | loss
+    # Linear probe on cached features only: z-score every feature with the mean and std of the labelled training
+    # subset before the head (not in the paper). Makes the probe blind to the scale of an encoder's features, e.g.
+    # a random-init MobileNetV2, whose eval-mode activations shrink to ~1e-10 through its unnormalised layers.
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         if self.monitor not in ("metric", "loss"):
