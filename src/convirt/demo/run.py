@@ -109,6 +109,17 @@ def demo_config(settings: DemoSettings, manifest: Path, output_dir: Path):
     return config
 
 
+def _check_offline_weights(settings: DemoSettings, work: Path) -> None:
+    """Fail before generating anything when the configured offline weights are not installed."""
+    from convirt.models.image import BUILTIN_IMAGENET, offline_imagenet_file
+    from convirt.models.text import resolve_text_source
+
+    config = demo_config(settings, work / "prepared" / "manifest.csv", work / "pretrain")
+    if str(config.model.image_weights).lower() == BUILTIN_IMAGENET:
+        offline_imagenet_file(config.model.image_encoder)
+    resolve_text_source(config.model.text_encoder)
+
+
 def _flat(prefix: str, value, out: dict) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -125,6 +136,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    _check_offline_weights(settings, work)
 
     def stage(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
