@@ -297,3 +297,17 @@ def test_sampled_image_queries_leave_the_candidates_and_text_queries_need_known_
         assert result.per_category["B"] == pytest.approx({1: 100.0, 3: 200 / 3})
     with pytest.raises(Exception, match="no image has"):
         evaluate_labelled([LookupEmbedder(images, texts)], paths, labels, {"C": ["a"]}, ks=[1])
+
+
+def test_random_image_encoders_are_drawn_from_the_seed():
+    from convirt.analysis.encoders import load_embedder
+
+    images = torch.rand(2, 3, 32, 32)
+
+    def embed(seed: int) -> torch.Tensor:
+        torch.rand(7)  # the global RNG state must not matter
+        embedder = load_embedder("random:resnet18", seed=seed, image_size=32, device="cpu", fast=False)
+        return embedder.embed_images(images, ["h_v"])["h_v"]
+
+    torch.testing.assert_close(embed(0), embed(0))
+    assert not torch.allclose(embed(0), embed(1))

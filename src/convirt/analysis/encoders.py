@@ -9,8 +9,9 @@ An *encoder specification* (the ``--encoder`` option of the analysis and retriev
 ``random-like:PATH.ckpt``       the same architecture as that checkpoint with every weight freshly initialised
                                 (image encoder, text encoder and both heads; seeded): the "random init" baseline of
                                 the paper, with a text tower so text-image retrieval and zero-shot can run
-``random:NAME``                 an image encoder only (``h_v``), as :func:`convirt.api.load_image_encoder` resolves
-``imagenet:NAME``, folder, file it (ImageNet weights, ``convirt export`` folder, torchvision state dict)
+``random:NAME``                 an image encoder only (``h_v``; random weights drawn from ``seed``), as
+``imagenet:NAME``, folder, file :func:`convirt.api.load_image_encoder` resolves it (ImageNet weights, export
+                                folder, torchvision state dict)
 =============================== =====================================================================================
 
 Every embedding returned here is L2-normalised, so a dot product is the cosine similarity.
@@ -247,7 +248,10 @@ def load_embedder(
         return ConvirtEmbedder(encoder, label, spec)
     if spec.endswith(".ckpt") and checkpoint_objective(spec) == "convirt":
         return ConvirtEmbedder(ConvirtEncoder.from_checkpoint(spec, device=device, fast=fast), label, spec)
-    return ImageOnlyEmbedder(load_image_encoder(spec), label, spec, image_size=image_size, device=device, fast=fast)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # random:NAME is drawn from the seed, so a rerun ranks the same way
+        encoder = load_image_encoder(spec)
+    return ImageOnlyEmbedder(encoder, label, spec, image_size=image_size, device=device, fast=fast)
 
 
 def encoder_fingerprint(spec: str, seed: int = 0) -> str:

@@ -243,7 +243,8 @@ class TransformerCaptionDecoder(nn.Module):
     def _logits(self, memory: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         length = inputs.shape[1]
         x = self.embed(inputs) * math.sqrt(self.d_model) + sinusoidal_positions(length, self.d_model, inputs.device)
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=inputs.device), diagonal=1)
+        # boolean like the padding mask (True = may not attend): a later position is hidden from every earlier one
+        causal = torch.ones(length, length, dtype=torch.bool, device=inputs.device).triu(diagonal=1)
         hidden = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=inputs == PAD)
         return self.out(hidden)
 
