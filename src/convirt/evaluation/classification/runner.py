@@ -69,8 +69,8 @@ def encoder_choice(spec: str, name: str | None = None) -> EncoderChoice:
         init = "random"
     elif kind == "imagenet":
         init = "imagenet"
-    elif path.suffix == ".ckpt" and path.is_file():
-        init = checkpoint_objective(path)  # convirt, or the baseline objective it was pretrained with
+    elif path.suffix == ".ckpt":  # convirt, or the baseline objective it was pretrained with
+        init = checkpoint_objective(path) if path.is_file() else "convirt"  # (a missing file fails when loaded)
     elif (path / "image_encoder.json").is_file():
         init = str(json.loads((path / "image_encoder.json").read_text()).get("objective", "convirt"))
     else:
