@@ -1,12 +1,13 @@
 """CIDEr-D (Vedantam et al., 2015) as computed by the COCO caption evaluation code (``pycocoevalcap``).
 
-This is a dependency-free re-implementation of ``pycocoevalcap/cider/cider_scorer.py`` (the metric the COCO
-leaderboards and the captioning baselines report as "CIDEr"): n-grams n = 1..4, TF-IDF vectors whose document
-frequencies are counted over the reference sets of the evaluated corpus (idf = log(#images) - log(df)),
-clipped cosine similarity ``sum min(tf_c, tf_r) * tf_r / (|c| |r|)`` per n, a Gaussian length penalty
-(sigma = 6), averaged over n and over the references of an image, times 10. It gives the same numbers as
-``pycocoevalcap.cider.Cider`` (``tests/test_cider.py`` checks a hand-computed corpus, and compares with
-pycocoevalcap when it is installed).
+:func:`cider_d` uses ``pycocoevalcap`` (the COCO caption evaluation code; the dev extras install it) when it is
+installed, and otherwise this module's dependency-free re-implementation of ``pycocoevalcap/cider/cider_scorer.py``
+(the metric the COCO leaderboards and the captioning baselines report as "CIDEr"): n-grams n = 1..4, TF-IDF
+vectors whose document frequencies are counted over the reference sets of the evaluated corpus
+(idf = log(#images) - log(df)), clipped cosine similarity ``sum min(tf_c, tf_r) * tf_r / (|c| |r|)`` per n, a
+Gaussian length penalty (sigma = 6), averaged over n and over the references of an image, times 10. It gives the
+same numbers as ``pycocoevalcap.cider.Cider`` to 1e-9 (``tests/test_cider.py`` checks a hand-computed corpus with
+both, and compares the two on a random corpus).
 
 Text is tokenised with :func:`caption_words` (lower case, punctuation dropped: what the COCO PTB tokeniser does
 for English reports), so callers may pass raw strings.
@@ -68,18 +69,48 @@ def _similarity(hyp, ref, n: int, sigma: float) -> list[float]:
     return values
 
 
+BACKENDS = ("auto", "pycocoevalcap", "python")
+
+
+def _pycocoevalcap_scorer():
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError:
+        return None
+    return Cider()
+
+
 def cider_d(
     candidates: Mapping[Hashable, str],
     references: Mapping[Hashable, Sequence[str]],
     n: int = 4,
     sigma: float = 6.0,
+    backend: str = "auto",
 ) -> tuple[float, dict[Hashable, float]]:
-    """Corpus CIDEr-D: (mean score, score per key). ``candidates[key]`` is one string, ``references[key]`` a list."""
+    """Corpus CIDEr-D: (mean score, score per key). ``candidates[key]`` is one string, ``references[key]`` a list.
+
+    ``backend``: ``pycocoevalcap`` (the COCO caption code; needs the package), ``python`` (this module's
+    re-implementation) or ``auto`` (pycocoevalcap when installed and n, sigma are its fixed 4 and 6, else python).
+    Both get the same :func:`caption_words` tokens and give the same numbers.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if set(candidates) != set(references):
         raise ValueError("candidates and references must have the same keys")
     if not candidates:
         raise ValueError("CIDEr needs at least one candidate")
     keys = list(candidates)
+    if any(not list(references[key]) for key in keys):
+        raise ValueError(f"no reference for {next(k for k in keys if not list(references[k]))!r}")
+    if backend != "python":
+        scorer = _pycocoevalcap_scorer() if (n, sigma) == (4, 6.0) else None
+        if scorer is not None:
+            refs = {key: [" ".join(caption_words(r)) for r in references[key]] for key in keys}
+            hyps = {key: [" ".join(caption_words(candidates[key]))] for key in keys}
+            mean, per_key = scorer.compute_score(refs, hyps)
+            return float(mean), {key: float(v) for key, v in zip(keys, per_key, strict=True)}
+        if backend == "pycocoevalcap":
+            raise ImportError("backend='pycocoevalcap' needs the pycocoevalcap package and n=4, sigma=6")
     cand_counts = {key: ngram_counts(caption_words(candidates[key]), n) for key in keys}
     ref_counts = {}
     for key in keys:
