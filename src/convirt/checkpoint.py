@@ -35,13 +35,16 @@ def convirt_payload(config: Config, text_model: torch.nn.Module, tokenizer: Any)
     return {"format_version": FORMAT_VERSION, "config": config.to_dict(), **text_model_payload(text_model, tokenizer)}
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file on CPU; a missing, truncated or foreign file gives a :class:`CheckpointError`."""
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file on CPU; a missing, truncated or foreign file gives a :class:`CheckpointError`.
+
+    ``mmap=True`` maps the tensors instead of reading them: cheap when only the config is needed.
+    """
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} does not exist")
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {file} cannot be read (truncated or not a torch file): {exc}") from exc
     if not isinstance(checkpoint, dict) or "convirt" not in checkpoint or "state_dict" not in checkpoint:
@@ -73,7 +76,7 @@ IMAGE_ENCODER_PREFIX = MODEL_PREFIX + "image_encoder."
 
 def checkpoint_objective(path: str | os.PathLike) -> str:
     """The pretraining objective (``convirt``, ``moco_v2``, ...) a checkpoint was trained with."""
-    return str(read_checkpoint(path)["convirt"]["config"].get("objective", "convirt"))
+    return str(read_checkpoint(path, mmap=True)["convirt"]["config"].get("objective", "convirt"))
 
 
 def load_image_encoder_from_checkpoint(path: str | os.PathLike):

@@ -47,7 +47,7 @@ def _write_image_encoder(encoder, config, checkpoint, out: Path) -> Path:
 
 def export_image_encoder_only(checkpoint: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
     """Export the image encoder (and config) of any objective's checkpoint."""
-    config = config_from_dict(read_checkpoint(checkpoint)["convirt"]["config"])
+    config = config_from_dict(read_checkpoint(checkpoint, mmap=True)["convirt"]["config"])
     encoder = load_image_encoder_from_checkpoint(checkpoint)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def export_image_encoder_only(checkpoint: str | os.PathLike, output_dir: str | o
 
 def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
     """Export a pretraining checkpoint; returns the paths written."""
-    if config_from_dict(read_checkpoint(checkpoint)["convirt"]["config"]).objective != "convirt":
+    if config_from_dict(read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]).objective != "convirt":
         return export_image_encoder_only(checkpoint, output_dir)
     loaded = load_model(checkpoint)
     model, config = loaded.model, loaded.config

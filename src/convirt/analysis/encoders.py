@@ -238,7 +238,7 @@ def load_embedder(
     label = label or default_label(spec)
     if spec.startswith(RANDOM_LIKE) and checkpoint_objective(spec[len(RANDOM_LIKE) :]) != "convirt":
         # another objective's checkpoint has no ConVIRT text tower: its architecture, image encoder only
-        config = config_from_dict(read_checkpoint(spec[len(RANDOM_LIKE) :])["convirt"]["config"])
+        config = config_from_dict(read_checkpoint(spec[len(RANDOM_LIKE) :], mmap=True)["convirt"]["config"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = create_image_encoder(config.model.image_encoder, None)

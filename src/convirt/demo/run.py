@@ -357,7 +357,7 @@ def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSe
 def _architecture(checkpoint: Path) -> str:
     from convirt.checkpoint import read_checkpoint
 
-    return read_checkpoint(checkpoint)["convirt"]["config"]["model"]["image_encoder"]
+    return read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]["model"]["image_encoder"]
 
 
 def pretrained_init_spec(checkpoint: Path) -> str | None:
@@ -366,7 +366,7 @@ def pretrained_init_spec(checkpoint: Path) -> str | None:
     from convirt.checkpoint import read_checkpoint
     from convirt.models.image import BUILTIN_IMAGENET, offline_imagenet_file
 
-    model = read_checkpoint(checkpoint)["convirt"]["config"]["model"]
+    model = read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]["model"]
     name, weights = model["image_encoder"], str(model.get("image_weights") or "none")
     if weights.lower() in ("none", "random"):
         return None

@@ -58,3 +58,16 @@ def image_batches(
         pin_memory=False,
         generator=torch.Generator().manual_seed(0),  # leave the global RNG (dropout masks) untouched
     )
+
+
+def training_epochs(split, batch_size: int, seed: int, image_size: int = 224, workers: int = 0):
+    """``epoch -> batches`` over an :class:`EvalSplit`'s images, shuffled per ``(seed, epoch)``."""
+    return lambda epoch: image_batches(
+        split.images, epoch_batches(len(split), batch_size, seed, epoch), image_size, workers
+    )
+
+
+def evaluation_pass(split, batch_size: int, image_size: int = 224, workers: int = 0):
+    """``() -> batches`` over an :class:`EvalSplit`'s images, in order."""
+    batches = epoch_batches(len(split), batch_size, 0, 0, shuffle=False)
+    return lambda: image_batches(split.images, batches, image_size, workers)

@@ -10,16 +10,14 @@ and optimiser state stay float32). The caller's encoder is not modified (each ru
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from convirt.api import bf16_supported
 from convirt.data.labelled import LabelledTask
-from convirt.evaluation.classification.data import epoch_batches, image_batches
+from convirt.evaluation.classification.data import evaluation_pass, training_epochs
 from convirt.evaluation.classification.linear import _finish
 from convirt.evaluation.classification.training import (
     EvalSplit,
@@ -27,6 +25,7 @@ from convirt.evaluation.classification.training import (
     Recipe,
     RunOutcome,
     Timer,
+    bf16_autocast,
     fit,
     make_validate,
     targets_tensor,
@@ -66,11 +65,8 @@ def finetune(
     timer = Timer()
     device = torch.device(device)
     lr = recipe.task_lr(task)
-    use_bf16 = fast and bf16_supported(device)
+    autocast = bf16_autocast(device, fast)
     train_y = targets_tensor(task, train.targets).to(device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -87,9 +83,7 @@ def finetune(
         def forward(images: torch.Tensor) -> torch.Tensor:
             return model(prepare(images))
 
-        def batches_for(epoch: int):
-            return image_batches(train.images, epoch_batches(len(train), recipe.batch_size, seed, epoch), image_size,
-                                 workers)  # fmt: skip
+        batches_for = training_epochs(train, recipe.batch_size, seed, image_size, workers)
 
         # 1. head-only warm-up
         encoder.requires_grad_(False)
@@ -120,12 +114,10 @@ def finetune(
             with autocast():
                 return forward(images)
 
-        def eval_batches(split: EvalSplit):
-            batches = epoch_batches(len(split), recipe.batch_size, 0, 0, shuffle=False)
-            return lambda: image_batches(split.images, batches, image_size, workers)
-
-        validate = make_validate(task, eval_forward, eval_batches(val), val, model.eval)
+        val_batches = evaluation_pass(val, recipe.batch_size, image_size, workers)
+        validate = make_validate(task, eval_forward, val_batches, val, model.eval)
         result = fit(
             task, model, forward, batches_for, train_y, validate, optimizer, recipe, model.train, autocast, log=log
         )
-        return _finish(task, model, eval_forward, eval_batches(test), test, result, lr, timer)
+        test_batches = evaluation_pass(test, recipe.batch_size, image_size, workers)
+        return _finish(task, model, eval_forward, test_batches, test, result, lr, timer)

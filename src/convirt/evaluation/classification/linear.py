@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 
-from convirt.api import bf16_supported
 from convirt.data.labelled import LabelledTask
-from convirt.evaluation.classification.data import epoch_batches, image_batches
+from convirt.evaluation.classification.data import epoch_batches, evaluation_pass, training_epochs
 from convirt.evaluation.classification.features import prepare_encoder
 from convirt.evaluation.classification.metrics import score_predictions
 from convirt.evaluation.classification.training import (
@@ -27,6 +25,7 @@ from convirt.evaluation.classification.training import (
     Recipe,
     RunOutcome,
     Timer,
+    bf16_autocast,
     fit,
     make_validate,
     predict_logits,
@@ -122,15 +121,14 @@ def linear_probe_images(
     lr = recipe.task_lr(task)
     encoder = prepare_encoder(encoder, device, fast)
     encoder.requires_grad_(False)
-    use_bf16 = fast and bf16_supported(device)
+    autocast = bf16_autocast(device, fast)
     train_y = targets_tensor(task, train.targets).to(device)
 
     def frozen(images: torch.Tensor) -> torch.Tensor:
         images = images.to(device)
         if fast:
             images = images.to(memory_format=torch.channels_last)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast():
             return encoder(images).float()
 
     with torch.random.fork_rng(devices=[]):
@@ -141,18 +139,14 @@ def linear_probe_images(
         def forward(images: torch.Tensor) -> torch.Tensor:
             return head(frozen(images))
 
-        def train_batches(epoch: int):
-            batches = epoch_batches(len(train), recipe.batch_size, seed, epoch)
-            return image_batches(train.images, batches, image_size, workers)
-
-        def eval_batches(split: EvalSplit):
-            batches = epoch_batches(len(split), recipe.batch_size, 0, 0, shuffle=False)
-            return lambda: image_batches(split.images, batches, image_size, workers)
+        train_batches = training_epochs(train, recipe.batch_size, seed, image_size, workers)
 
         def set_train_mode() -> None:
             head.train()
             encoder.eval()
 
-        validate = make_validate(task, forward, eval_batches(val), val, head.eval)
+        val_batches = evaluation_pass(val, recipe.batch_size, image_size, workers)
+        validate = make_validate(task, forward, val_batches, val, head.eval)
         result = fit(task, head, forward, train_batches, train_y, validate, optimizer, recipe, set_train_mode, log=log)
-        return _finish(task, head, forward, eval_batches(test), test, result, lr, timer)
+        test_batches = evaluation_pass(test, recipe.batch_size, image_size, workers)
+        return _finish(task, head, forward, test_batches, test, result, lr, timer)
