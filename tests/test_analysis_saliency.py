@@ -12,14 +12,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from convirt.analysis.saliency import (
+    FINER,
     SaliencyItem,
     classifier_grad_cam,
+    finer_layer,
     overlay,
     saliency_grid,
     text_grad_cam,
     zero_shot_head,
 )
 from convirt.cli import main
+from convirt.errors import ConfigError
 from convirt.models.image import create_image_encoder
 from test_retrieval_support import copy_kermany, write_tiny_checkpoint
 
@@ -70,6 +73,33 @@ def test_text_saliency_matches_the_gradient_of_the_cosine_by_hand():
     torch.testing.assert_close(cams, _expected_map(activations, channel_weights, 64), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("name", "expected"), [("resnet18", "layer3"), ("mobilenet_v2", "features.13")])
+def test_finer_layer_is_the_stride_16_block(name, expected):
+    encoder = create_image_encoder(name, None)
+    assert finer_layer(encoder, 64) == expected and finer_layer(encoder, 224) == expected
+    with pytest.raises(ConfigError, match=r"no module 'layer9'.*top-level blocks"):
+        classifier_grad_cam(encoder, torch.nn.Linear(encoder.feature_dim, 2), torch.randn(1, 3, 64, 64), layer="layer9")
+
+
+def test_grad_cam_on_the_finer_block_equals_the_map_computed_by_hand():
+    """ResNet18 split by hand at layer3 (no hooks): A = layer3(stem(x)), score = head(pool(layer4(A)))[target]."""
+    torch.manual_seed(2)
+    encoder = create_image_encoder("resnet18", None).eval()
+    head = torch.nn.Linear(encoder.feature_dim, 3)
+    images = torch.randn(2, 3, 64, 64)
+    body = encoder.backbone
+    stem = torch.nn.Sequential(body.conv1, body.bn1, body.relu, body.maxpool, body.layer1, body.layer2, body.layer3)
+    activations = stem(images).detach().requires_grad_(True)
+    scores = head(torch.flatten(body.avgpool(body.layer4(activations)), 1))[[0, 1], [1, 2]]
+    (gradients,) = torch.autograd.grad(scores.sum(), activations)
+    assert activations.shape[-1] == 4  # twice the 2 x 2 of the last map at 64 px
+    expected = _expected_map(activations.detach(), gradients.mean(dim=(2, 3)), 64)
+    cams, _, _ = classifier_grad_cam(encoder, head, images, targets=[1, 2], layer=FINER)
+    torch.testing.assert_close(cams, expected, atol=1e-5, rtol=1e-4)
+    last, _, _ = classifier_grad_cam(encoder, head, images, targets=[1, 2])
+    assert not torch.allclose(cams, last, atol=1e-3)  # a different (finer) map than the default
+
+
 def test_zero_shot_head_logits_and_overlay_and_grid(tmp_path: Path):
     classes = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
     head = zero_shot_head(classes, torch.nn.Identity(), temperature=0.5)
@@ -100,6 +130,8 @@ def test_saliency_command_for_a_text_query_and_the_zero_shot_classifier(shared_d
                 str(checkpoint),
                 "--text",
                 "Pneumonia is present.",
+                "--layer",
+                "finer",
                 str(images[0]),
                 str(images[-1]),
                 "-o",

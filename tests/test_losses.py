@@ -103,6 +103,12 @@ def _worker(rank: int, world: int, port: int, images_list: list, texts_list: lis
         dist.all_reduce(global_loss)
         grads = {name: p.grad.tolist() for name, p in model.module.named_parameters()}
         results.put((rank, float(global_loss) / world, grads))
+        # Leave cleanly. A gloo worker thread releases a finished collective's tensors just after the caller has
+        # been woken, and needs the GIL for it; if this process is already finalizing the interpreter by then,
+        # that thread cannot take the GIL and the process aborts ("terminate called without an active
+        # exception", exit -6). A barrier waits with the GIL released, so those threads finish first.
+        del model, v, u, loss, global_loss
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

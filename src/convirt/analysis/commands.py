@@ -121,6 +121,13 @@ def _register_saliency(plots) -> None:
     )
     mode.add_argument("--class-names", nargs="+", metavar="NAME", help="names of the --head classes")
     mode.add_argument("--target", default=None, help="class to explain (name or index; default: the prediction)")
+    parser.add_argument(
+        "--layer",
+        default=None,
+        metavar="MODULE",
+        help="backbone block to explain, by dotted name (e.g. layer3, features.13), or 'finer': the block at twice "
+        "the resolution of the default last block (stride 16), for small inputs",
+    )
     parser.add_argument("--columns", type=int, default=4)
     parser.add_argument("--output", "-o", required=True, metavar="PNG")
     parser.set_defaults(func=_run_saliency)
@@ -176,7 +183,7 @@ def _run_saliency(args: argparse.Namespace) -> int:
         if not embedder.has_text:
             raise ConfigError("text saliency needs a ConVIRT checkpoint (--encoder CKPT)")
         for sentence in args.text:
-            cams, sims = text_grad_cam(embedder.encoder.model, batch, embedder.embed_texts([sentence])[0])
+            cams, sims = text_grad_cam(embedder.encoder.model, batch, embedder.embed_texts([sentence])[0], args.layer)
             for path, image, cam, sim in zip(paths, originals, cams, sims):
                 items.append(SaliencyItem(image, cam, f'{Path(path).name}\n"{sentence[:40]}" cos {sim:.3f}'))
         title = "Text-query saliency (Grad-CAM of cos(v, u))"
@@ -198,7 +205,7 @@ def _run_saliency(args: argparse.Namespace) -> int:
         target = None
         if args.target is not None:
             target = classes.index(args.target) if args.target in classes else int(args.target)
-        cams, chosen, logits = classifier_grad_cam(embedder.image_module, head, batch, target)
+        cams, chosen, logits = classifier_grad_cam(embedder.image_module, head, batch, target, args.layer)
         probs = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
         for i, (path, image, cam, c, truth) in enumerate(zip(paths, originals, cams, chosen, truths)):
             name = classes[int(c)] if int(c) < len(classes) else str(int(c))

@@ -1,7 +1,8 @@
 """Saliency maps on radiographs: Grad-CAM for a classifier built on an image encoder, and text-query saliency.
 
 Both are Grad-CAM (Selvaraju et al., 2017) on the image encoder's last convolutional feature map A (C, h, w)
-(``layer4`` of ResNets, ``features`` of MobileNet/DenseNet/EfficientNet-style torchvision models):
+(``layer4`` of ResNets, ``features`` of MobileNet/DenseNet/EfficientNet-style torchvision models), or on an
+earlier block chosen by name (``layer="finer"``: the block at twice that resolution, for small inputs):
 
     weights_c = mean over (i, j) of d score / d A[c, i, j];   map = ReLU(sum_c weights_c * A[c]),
 
@@ -36,10 +37,63 @@ from convirt.errors import ConfigError
 from convirt.fileio import atomic_write_bytes
 from convirt.models.image import ImageEncoder
 
+FINER = "finer"  # the ``layer`` value that picks the block with twice the last map's resolution
 
-def target_layer(image_encoder: ImageEncoder) -> nn.Module:
-    """The module whose output is :meth:`ImageEncoder.feature_maps` (the last conv feature map)."""
+
+def finer_layer(image_encoder: ImageEncoder, image_size: int) -> str:
+    """The dotted name of the last backbone block whose map has at least twice the last map's resolution.
+
+    For a ResNet that is ``layer3``, for a MobileNetV2 ``features.13``, for a DenseNet ``features.denseblock3``:
+    stride 16 instead of 32. Found by running one blank ``image_size`` image and reading each block's output width.
+    """
     body = image_encoder.backbone
+    prefix, parent = ("", body) if hasattr(body, "layer4") else ("features.", getattr(body, "features", None))
+    if parent is None:
+        raise ConfigError(f"saliency maps are not available for image encoder {image_encoder.name!r}")
+    widths: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                widths[name] = output.shape[-1]
+
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in parent.named_children()]
+    device = next(image_encoder.parameters()).device
+    was_training = image_encoder.training
+    image_encoder.eval()
+    try:
+        with torch.no_grad():
+            last = image_encoder.feature_maps(torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1]
+    finally:
+        for handle in handles:
+            handle.remove()
+        image_encoder.train(was_training)
+    finer = [name for name, width in widths.items() if width >= 2 * last]
+    if not finer:
+        raise ConfigError(f"image encoder {image_encoder.name!r} has no block finer than its last map")
+    return prefix + finer[-1]
+
+
+def target_layer(image_encoder: ImageEncoder, name: str | None = None) -> nn.Module:
+    """The module whose feature map Grad-CAM explains.
+
+    By default the last conv feature map (the output :meth:`ImageEncoder.feature_maps` gives). ``name`` picks an
+    earlier block of the backbone by its dotted module name, e.g. ``layer3`` of a ResNet or ``features.13`` of a
+    MobileNetV2 (:func:`finer_layer` finds it): its map has twice the resolution (stride 16 instead of 32), which
+    matters for small inputs, where the last map is a few cells wide (2x2 for 64 px).
+    """
+    body = image_encoder.backbone
+    if name:
+        try:
+            return body.get_submodule(name)
+        except AttributeError:
+            blocks = [n for n, _ in body.named_children()]
+            raise ConfigError(
+                f"image encoder {image_encoder.name!r} has no module {name!r} for saliency; its top-level "
+                f"blocks are {blocks} (give a dotted name inside them, e.g. 'features.13', or {FINER!r})"
+            ) from None
     if hasattr(body, "layer4"):
         return body.layer4
     if hasattr(body, "features"):
@@ -51,12 +105,16 @@ def grad_cam(
     image_encoder: ImageEncoder,
     images: torch.Tensor,
     score_fn: Callable[[torch.Tensor], torch.Tensor],
+    layer: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM maps (N, H, W) in [0, 1] for ``score_fn(h_v) -> (N,)`` on preprocessed ``images`` (N, 3, H, W).
 
-    Returns the maps and the scores.
+    ``layer``: the backbone module to explain (see :func:`target_layer`; default the last feature map; ``"finer"``:
+    :func:`finer_layer` for this input size). Returns the maps and the scores.
     """
-    layer = target_layer(image_encoder)
+    if layer == FINER:
+        layer = finer_layer(image_encoder, images.shape[-1])
+    module = target_layer(image_encoder, layer)
     captured: list[torch.Tensor] = []
 
     def hook(_module, _inputs, output):
@@ -66,7 +124,7 @@ def grad_cam(
     device = next(image_encoder.parameters()).device
     was_training = image_encoder.training
     image_encoder.eval()
-    handle = layer.register_forward_hook(hook)
+    handle = module.register_forward_hook(hook)
     try:
         with torch.enable_grad(), torch.autocast(device.type, enabled=False):
             x = images.to(device=device, dtype=torch.float32).contiguous()
@@ -91,6 +149,7 @@ def classifier_grad_cam(
     head: nn.Module,
     images: torch.Tensor,
     targets: int | Sequence[int] | torch.Tensor | None = None,
+    layer: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grad-CAM of ``head(image_encoder(x))`` for class ``targets`` (default: each image's predicted class).
 
@@ -112,11 +171,13 @@ def classifier_grad_cam(
         out = out[:, None] if out.ndim == 1 else out
         return out.gather(1, index[:, None])[:, 0]
 
-    cams, _ = grad_cam(image_encoder, images, score)
+    cams, _ = grad_cam(image_encoder, images, score, layer)
     return cams, chosen, logits
 
 
-def text_grad_cam(model, images: torch.Tensor, text_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def text_grad_cam(
+    model, images: torch.Tensor, text_embedding: torch.Tensor, layer: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Text-query saliency: Grad-CAM of cos(g_v(h_v), u) for a ConVIRT ``model`` and one text embedding ``u``.
 
     Returns (maps (N, H, W), cosine similarities (N,)).
@@ -128,7 +189,7 @@ def text_grad_cam(model, images: torch.Tensor, text_embedding: torch.Tensor) -> 
     def score(features: torch.Tensor) -> torch.Tensor:
         return F.normalize(head(features).float(), dim=-1) @ u
 
-    return grad_cam(model.image_encoder, images, score)
+    return grad_cam(model.image_encoder, images, score, layer)
 
 
 def zero_shot_head(class_embeddings: torch.Tensor, image_head: nn.Module, temperature: float = 0.1) -> nn.Module:
@@ -187,7 +248,10 @@ def saliency_grid(
         raise ConfigError("no images to draw saliency maps for")
     columns = max(1, min(columns, len(items)))
     rows = (len(items) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2.6 * 2 * columns, 2.9 * rows), squeeze=False)
+    # constrained layout keeps each row's (two-line) titles clear of the images above them
+    figure, axes = plt.subplots(
+        rows, 2 * columns, figsize=(2.6 * 2 * columns, 3.0 * rows), squeeze=False, layout="constrained"
+    )
     for axis in axes.flat:
         axis.axis("off")
     for i, item in enumerate(items):
@@ -197,7 +261,6 @@ def saliency_grid(
         axes[row][2 * col].set_title(item.title, fontsize=8, loc="left")
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)

@@ -181,7 +181,8 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
                   "(right).", "", "![t-SNE](tsne.png)", ""]  # fmt: skip
     if "saliency" in figures:
         lines += ["Grad-CAM of the cosine similarity between the image and each finding's text query (ConVIRT), "
-                  "one test image per finding.", "", "![saliency](saliency.png)", ""]  # fmt: skip
+                  "one test image per finding, on the image encoder's stride-16 block (twice the resolution of "
+                  "its last map).", "", "![saliency](saliency.png)", ""]  # fmt: skip
     if "contact_sheet" in figures:
         hits = figures.get("contact_sheet_hits", [])
         correct = sum(1 for h in hits if h == figures.get("contact_sheet_category"))

@@ -381,7 +381,7 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
     from PIL import Image
 
     from convirt.analysis.contact_sheet import contact_sheet
-    from convirt.analysis.saliency import SaliencyItem, saliency_grid, text_grad_cam
+    from convirt.analysis.saliency import FINER, SaliencyItem, saliency_grid, text_grad_cam
     from convirt.analysis.search import SearchHit
     from convirt.analysis.tsne import plot_tsne, tsne_panels
     from convirt.data.images import load_image
@@ -399,7 +399,8 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
         csv.unlink()  # the coordinates are not needed beside the report
     figures["tsne"] = "tsne.png"
 
-    # saliency: Grad-CAM of cos(v, u) for each finding's first text query, on one test image of that finding
+    # saliency: Grad-CAM of cos(v, u) for each finding's first text query, on one test image of that finding, at
+    # the stride-16 block (the last map is 2x2 at the demo's 64 px, too coarse to localise anything)
     classes, class_emb = class_embeddings(convirt, prompts)
     items = []
     for category in [c for c in FINDINGS if c in classes]:
@@ -409,7 +410,7 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
         path = candidates[0]
         image = load_image(path, mode="L")
         tensor = encoder.preprocess(path)[None]
-        cams, sims = text_grad_cam(encoder.model, tensor.float(), class_emb[classes.index(category)])
+        cams, sims = text_grad_cam(encoder.model, tensor.float(), class_emb[classes.index(category)], layer=FINER)
         items.append(SaliencyItem(image, cams[0], f"{category}\ncos {float(sims[0]):.2f}"))
     if items:
         saliency_grid(items, out / "saliency.png", title="Grad-CAM for each class's text query (ConVIRT)", columns=4)
