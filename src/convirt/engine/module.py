@@ -71,6 +71,11 @@ class ConVIRTModule(L.LightningModule):
         o = self.config.optim
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(parameters, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self._attach_plateau(optimizer)
+        return optimizer
+
+    def _attach_plateau(self, optimizer: torch.optim.Optimizer) -> None:
+        """LR x lr_factor after plateau_patience validations without improvement (state restored on resume)."""
         t = self.config.train
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=t.lr_factor, patience=t.plateau_patience, min_lr=t.min_lr
@@ -78,7 +83,6 @@ class ConVIRTModule(L.LightningModule):
         if self._pending_plateau is not None:
             self.plateau.load_state_dict(self._pending_plateau)
             self._pending_plateau = None
-        return optimizer
 
     def on_fit_start(self) -> None:
         if self.config.train.channels_last:

@@ -99,13 +99,7 @@ class BaselineModule(ConVIRTModule):
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self._optimizer(parameters)
         if self.lr_schedule == "plateau":
-            t = self.config.train
-            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=t.lr_factor, patience=t.plateau_patience, min_lr=t.min_lr
-            )
-            if self._pending_plateau is not None:
-                self.plateau.load_state_dict(self._pending_plateau)
-                self._pending_plateau = None
+            self._attach_plateau(optimizer)
             return optimizer
         self.plateau = None
         if self.lr_schedule == "multistep":

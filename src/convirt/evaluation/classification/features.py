@@ -48,6 +48,12 @@ def prepare_encoder(encoder: ImageEncoder, device: torch.device, fast: bool) -> 
     return encoder
 
 
+def prepare_batch(images: torch.Tensor, device: torch.device, fast: bool) -> torch.Tensor:
+    """A batch on ``device``, channels_last when ``fast`` (the layout :func:`prepare_encoder` gives the encoder)."""
+    images = images.to(device)
+    return images.to(memory_format=torch.channels_last) if fast else images
+
+
 def encode_images(
     encoder: ImageEncoder,
     images: Sequence[str],
@@ -70,9 +76,7 @@ def encode_images(
 
         bar = tqdm(total=len(images), desc=description, unit="img", file=sys.stderr, leave=False)
     for batch, _ in loader:
-        batch = batch.to(device)
-        if fast:
-            batch = batch.to(memory_format=torch.channels_last)
+        batch = prepare_batch(batch, device, fast)
         with inference_context(device, fast):
             outputs.append(encoder(batch).float().cpu())
         if bar is not None:

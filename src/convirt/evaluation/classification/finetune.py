@@ -18,6 +18,7 @@ from torch import nn
 
 from convirt.data.labelled import LabelledTask
 from convirt.evaluation.classification.data import evaluation_pass, training_epochs
+from convirt.evaluation.classification.features import prepare_batch
 from convirt.evaluation.classification.linear import _finish
 from convirt.evaluation.classification.training import (
     EvalSplit,
@@ -76,12 +77,8 @@ def finetune(
         head = LinearHead(encoder.feature_dim, task.num_outputs, recipe.dropout).to(device)
         model = EncoderClassifier(encoder, head)
 
-        def prepare(images: torch.Tensor) -> torch.Tensor:
-            images = images.to(device)
-            return images.to(memory_format=torch.channels_last) if fast else images
-
         def forward(images: torch.Tensor) -> torch.Tensor:
-            return model(prepare(images))
+            return model(prepare_batch(images, device, fast))
 
         batches_for = training_epochs(train, recipe.batch_size, seed, image_size, workers)
 
@@ -94,7 +91,7 @@ def finetune(
         while steps < recipe.warmup_steps:
             for images, positions in batches_for(WARMUP_EPOCH_OFFSET + round_):
                 with torch.no_grad(), autocast():
-                    features = encoder(prepare(images))
+                    features = encoder(prepare_batch(images, device, fast))
                 loss = task_loss(task, head(features.float()), train_y[torch.as_tensor(positions)])
                 warmup.zero_grad(set_to_none=True)
                 loss.backward()

@@ -17,7 +17,7 @@ import torch
 
 from convirt.data.labelled import LabelledTask
 from convirt.evaluation.classification.data import epoch_batches, evaluation_pass, training_epochs
-from convirt.evaluation.classification.features import prepare_encoder
+from convirt.evaluation.classification.features import prepare_batch, prepare_encoder
 from convirt.evaluation.classification.metrics import score_predictions
 from convirt.evaluation.classification.training import (
     EvalSplit,
@@ -125,11 +125,8 @@ def linear_probe_images(
     train_y = targets_tensor(task, train.targets).to(device)
 
     def frozen(images: torch.Tensor) -> torch.Tensor:
-        images = images.to(device)
-        if fast:
-            images = images.to(memory_format=torch.channels_last)
         with torch.no_grad(), autocast():
-            return encoder(images).float()
+            return encoder(prepare_batch(images, device, fast)).float()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
