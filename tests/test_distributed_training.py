@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,10 @@ def test_two_process_ddp_run_from_config(covid_prepared: Path, tiny_bert_dir: Pa
         "train.tensorboard=false",
         f"train.output_dir={output}",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    with socket.socket() as sock:  # a port nothing listens on now (the rendezvous binds it)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     process = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-4000:]
     summary = json.loads((output / "summary.json").read_text())
