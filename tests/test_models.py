@@ -207,3 +207,14 @@ def test_convirt_forward_shapes(tiny_bert_dir: Path) -> None:
     out = model(torch.randn(2, 3, 64, 64), ids, torch.ones_like(ids))
     assert out.image_features.shape == (2, 512) and out.text_features.shape == (2, 32)
     assert out.image_embeddings.shape == out.text_embeddings.shape == (2, 16)
+
+
+@pytest.mark.parametrize(
+    ("weights", "kind"),
+    [(None, "random"), ("", "random"), ("none", "random"), ("Random", "random"), ("imagenet", "imagenet"),
+     ("builtin:imagenet", "builtin"), ("ImageNet", "imagenet"), ("weights/resnet18.pt", "file")],
+)  # fmt: skip
+def test_weights_kind_names_what_image_weights_asks_for(weights, kind) -> None:
+    from convirt.models.image import weights_kind
+
+    assert weights_kind(weights) == kind

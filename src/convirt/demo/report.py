@@ -51,12 +51,10 @@ def _missed_note(metrics: dict, t: dict, cfg: dict) -> list[str]:
 
 
 def _init_words(weights) -> str:
-    text = str(weights or "none").lower()
-    if text in ("none", "random"):
-        return "random init"
-    if text == "builtin:imagenet":
-        return "ImageNet init, offline weights"
-    return "ImageNet init" if text == "imagenet" else f"init from {weights}"
+    from convirt.models.image import weights_kind
+
+    words = {"random": "random init", "imagenet": "ImageNet init", "builtin": "ImageNet init, offline weights"}
+    return words.get(weights_kind(weights), f"init from {weights}")
 
 
 def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:

@@ -111,11 +111,11 @@ def demo_config(settings: DemoSettings, manifest: Path, output_dir: Path):
 
 def _check_offline_weights(settings: DemoSettings, work: Path) -> None:
     """Fail before generating anything when the configured offline weights are not installed."""
-    from convirt.models.image import BUILTIN_IMAGENET, offline_imagenet_file
+    from convirt.models.image import offline_imagenet_file, weights_kind
     from convirt.models.text import resolve_text_source
 
     config = demo_config(settings, work / "prepared" / "manifest.csv", work / "pretrain")
-    if str(config.model.image_weights).lower() == BUILTIN_IMAGENET:
+    if weights_kind(config.model.image_weights) == "builtin":
         offline_imagenet_file(config.model.image_encoder)
     resolve_text_source(config.model.text_encoder)
 
@@ -364,24 +364,23 @@ def pretrained_init_spec(checkpoint: Path) -> str | None:
     """The image encoder pretraining started from, as an encoder spec (``NAME=FILE`` or ``imagenet:NAME``), or
     None when it started from random weights: the paper's "ImageNet" baseline row."""
     from convirt.checkpoint import read_checkpoint
-    from convirt.models.image import BUILTIN_IMAGENET, offline_imagenet_file
+    from convirt.models.image import offline_imagenet_file, weights_kind
 
     model = read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]["model"]
-    name, weights = model["image_encoder"], str(model.get("image_weights") or "none")
-    if weights.lower() in ("none", "random"):
+    name, weights = model["image_encoder"], model.get("image_weights")
+    kind = weights_kind(weights)
+    if kind == "random":
         return None
-    if weights.lower() == BUILTIN_IMAGENET:
+    if kind == "builtin":
         return f"{name}={offline_imagenet_file(name)}"
-    if weights.lower() == "imagenet":
-        return f"imagenet:{name}"
-    return f"{name}={weights}"
+    return f"imagenet:{name}" if kind == "imagenet" else f"{name}={weights}"
 
 
 def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, out: Path, settings) -> dict:
     from PIL import Image
 
     from convirt.analysis.contact_sheet import contact_sheet
-    from convirt.analysis.saliency import FINER, SaliencyItem, saliency_grid, text_grad_cam
+    from convirt.analysis.saliency import SaliencyItem, finer_layer, saliency_grid, text_grad_cam
     from convirt.analysis.search import SearchHit
     from convirt.analysis.tsne import plot_tsne, tsne_panels
     from convirt.data.images import load_image
@@ -402,6 +401,7 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
     # saliency: Grad-CAM of cos(v, u) for each finding's first text query, on one test image of that finding, at
     # the stride-16 block (the last map is 2x2 at the demo's 64 px, too coarse to localise anything)
     classes, class_emb = class_embeddings(convirt, prompts)
+    layer = finer_layer(encoder.model.image_encoder, encoder.image_size)
     items = []
     for category in [c for c in FINDINGS if c in classes]:
         candidates = [p for p, lab in zip(paths, labels) if lab == category]
@@ -410,7 +410,7 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
         path = candidates[0]
         image = load_image(path, mode="L")
         tensor = encoder.preprocess(path)[None]
-        cams, sims = text_grad_cam(encoder.model, tensor.float(), class_emb[classes.index(category)], layer=FINER)
+        cams, sims = text_grad_cam(encoder.model, tensor.float(), class_emb[classes.index(category)], layer)
         items.append(SaliencyItem(image, cams[0], f"{category}\ncos {float(sims[0]):.2f}"))
     if items:
         saliency_grid(items, out / "saliency.png", title="Grad-CAM for each class's text query (ConVIRT)", columns=4)

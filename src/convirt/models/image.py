@@ -127,6 +127,17 @@ def _download_imagenet(name: str, backbone: nn.Module) -> dict[str, torch.Tensor
 BUILTIN_IMAGENET = "builtin:imagenet"
 
 
+def weights_kind(weights: str | os.PathLike | None) -> str:
+    """What a ``model.image_weights`` value asks for: ``random`` (None/none/random), ``imagenet`` (torchvision
+    download), ``builtin`` (:data:`BUILTIN_IMAGENET`, offline) or ``file`` (a local path)."""
+    text = str(weights).lower() if weights else "none"
+    if text in ("none", "random"):
+        return "random"
+    if text == "imagenet":
+        return "imagenet"
+    return "builtin" if text == BUILTIN_IMAGENET else "file"
+
+
 def offline_imagenet_file(name: str) -> Path:
     """The ImageNet weights for ``name`` that an installed package ships (``model.image_weights=builtin:imagenet``)."""
     from convirt.paths import OFFLINE_IMAGENET_INSTALL, offline_imagenet_weights
@@ -229,10 +240,11 @@ def create_image_encoder(name: str = "resnet50", weights: str | os.PathLike | No
     """Build the image encoder ``name`` with ``weights`` (None/'none', 'imagenet', or a local file)."""
     backbone = _timm_model(name) if name.startswith("timm/") else _torchvision_model(name)
     weights_str = None if weights is None else str(weights)
-    if weights_str and weights_str.lower() not in ("none", "random"):
-        if weights_str.lower() == "imagenet":
+    kind = weights_kind(weights)
+    if kind != "random":
+        if kind == "imagenet":
             state = _download_imagenet(name, backbone)
-        elif weights_str.lower() == BUILTIN_IMAGENET:
+        elif kind == "builtin":
             state = _load_local(str(offline_imagenet_file(name)))
         else:
             state = _load_local(weights_str)
