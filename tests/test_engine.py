@@ -219,8 +219,13 @@ def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepa
     result = pretrain(config)
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
-    # evaluations 1 (best), 2 (bad 1), 3 (bad 2 > patience 1 -> halve), 4 (bad 1 after reset)
-    assert lr == pytest.approx(1e-12 * 0.5)
+    # evaluations 1 (best), then 2, 3, 4: each a straight evaluation without a decrease -> halved at each
+    assert lr == pytest.approx(1e-12 * 0.5**3)
+    assert checkpoint["convirt_state"]["plateau"] == {
+        "best": pytest.approx(result.best_val_loss),
+        "bad_evaluations": 3,
+        "reductions": 3,
+    }
 
 
 def write_csv(path: Path, text: str) -> Path:

@@ -128,13 +128,14 @@ def test_a_few_steps_lower_the_loss_on_real_images(moco_parts) -> None:
     module.train()
     optimizer = optimizer_of(module)
     before = measure()
-    for step in range(5):
+    for step in range(10):
         fill_queue()
         torch.manual_seed(step)
         optimizer.zero_grad()
         module.train_loss(batch).backward()
         optimizer.step()
     after = measure()
+    # 10 steps: on a CPU without AVX512 five steps lowered it by only 0.09 (3.010 -> 2.920); ten by 0.20
     assert after < before - 0.1, (before, after)
 
 

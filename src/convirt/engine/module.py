@@ -19,6 +19,7 @@ import torch.distributed as dist
 from convirt.config import Config
 from convirt.losses import ConVIRTLoss
 from convirt.models.convirt import ConVIRT
+from convirt.schedule import PlateauHalving
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -58,7 +59,7 @@ class ConVIRTModule(L.LightningModule):
         self.model = model
         self.loss_fn = ConVIRTLoss(config.loss.temperature, config.loss.lambda_, config.loss.gather_distributed)
         self.payload = payload  # config + text model config + tokenizer files, stored in every checkpoint
-        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self.plateau: PlateauHalving | None = None
         self._pending_plateau: dict[str, Any] | None = None
         self._pending_rng: dict[str, Any] | None = None
         self.skipped_images: list[str] = []
@@ -75,11 +76,9 @@ class ConVIRTModule(L.LightningModule):
         return optimizer
 
     def _attach_plateau(self, optimizer: torch.optim.Optimizer) -> None:
-        """LR x lr_factor after plateau_patience validations without improvement (state restored on resume)."""
+        """LR x lr_factor after plateau_patience straight validations without a decrease (restored on resume)."""
         t = self.config.train
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=t.lr_factor, patience=t.plateau_patience, min_lr=t.min_lr
-        )
+        self.plateau = PlateauHalving(optimizer, t.plateau_patience, t.lr_factor, t.min_lr)
         if self._pending_plateau is not None:
             self.plateau.load_state_dict(self._pending_plateau)
             self._pending_plateau = None

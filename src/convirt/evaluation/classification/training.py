@@ -29,6 +29,7 @@ from torch import nn
 from convirt.data.labelled import LabelledTask
 from convirt.errors import ConfigError
 from convirt.evaluation.classification.metrics import Score, score_predictions
+from convirt.schedule import PlateauHalving
 
 PAPER_LR = {"covidx": 1e-3}
 DEFAULT_LR = 1e-4
@@ -197,7 +198,8 @@ def fit(
     best_value: float | None = None
     best_loss = float("inf")
     best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    best_epoch, best_val, bad_epochs = 0, Score(task.metric, float("nan")), 0
+    best_epoch, best_val = 0, Score(task.metric, float("nan"))
+    plateau = PlateauHalving(optimizer, recipe.lr_patience, recipe.lr_factor)
     history: list[dict] = []
     epoch = 0
     for epoch in range(1, recipe.max_epochs + 1):
@@ -219,16 +221,13 @@ def fit(
         history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, "monitored": value})
         if log:
             log(f"epoch {epoch}: train loss {train_loss:.4f} val {val_score.value:.4f} lr {lr:.2e}")
-        if _improved(value, val_loss, best_value, best_loss):
-            best_value, best_loss, best_epoch, best_val, bad_epochs = value, val_loss, epoch, val_score, 0
+        improved = _improved(value, val_loss, best_value, best_loss)
+        if improved:
+            best_value, best_loss, best_epoch, best_val = value, val_loss, epoch, val_score
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            continue
-        bad_epochs += 1
-        if bad_epochs >= recipe.stop_patience:
+        elif plateau.bad_evaluations + 1 >= recipe.stop_patience:
             break
-        if bad_epochs % recipe.lr_patience == 0:
-            for group in optimizer.param_groups:
-                group["lr"] *= recipe.lr_factor
+        plateau.update(improved)
     return FitResult(best_state, best_epoch, epoch, best_val, history)
 
 
