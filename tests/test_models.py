@@ -116,8 +116,40 @@ def test_imagenet_weights_without_network_say_how_to_pass_a_file(monkeypatch: py
         raise OSError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
-    with pytest.raises(ModelLoadError, match=r"model\.image_weights=/path/to/resnet18-"):
-        create_image_encoder("resnet18", "imagenet")
+    with pytest.raises(ModelLoadError, match=r"model\.image_weights=/path/to/resnet18-f37072fd\.pth"):
+        create_image_encoder("resnet18", "imagenet")  # the paper's release (V1), also in the message
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "release", "file", "acc5"),
+    [
+        # the paper: "pretrained weights from torchvision, which achieves an ImageNet top-5 error rate of 7.13%"
+        ("resnet50", "imagenet", "IMAGENET1K_V1", "resnet50-0676ba61.pth", 92.862),
+        ("resnet50", "imagenet:v1", "IMAGENET1K_V1", "resnet50-0676ba61.pth", 92.862),
+        ("resnet50", "imagenet:v2", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 95.434),
+        ("resnet50", "imagenet:IMAGENET1K_V2", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 95.434),
+        ("resnet50", "imagenet:default", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 95.434),
+        ("resnet18", "imagenet", "IMAGENET1K_V1", "resnet18-f37072fd.pth", 89.078),
+        ("mobilenet_v2", "imagenet", "IMAGENET1K_V1", "mobilenet_v2-b0353104.pth", 90.286),
+        ("mobilenet_v2", "imagenet:v2", "IMAGENET1K_V2", "mobilenet_v2-7ebf99e0.pth", 90.822),
+        ("densenet121", "imagenet", "IMAGENET1K_V1", "densenet121-a639ec97.pth", 91.972),
+    ],
+)
+def test_imagenet_resolves_to_the_papers_release_per_architecture(name, weights, release, file, acc5) -> None:
+    """No network: only the weights enum is resolved. ``imagenet`` is V1 (the paper's); newer releases by name."""
+    from convirt.models.image import imagenet_weights
+
+    resolved = imagenet_weights(name, weights)
+    assert resolved.name == release
+    assert resolved.url.rsplit("/", 1)[1] == file
+    assert resolved.meta["_metrics"]["ImageNet-1K"]["acc@5"] == pytest.approx(acc5)
+
+
+def test_imagenet_release_that_does_not_exist_names_the_choices() -> None:
+    from convirt.models.image import imagenet_weights
+
+    with pytest.raises(ConfigError, match=r"resnet18 has no ImageNet weights release 'v2'.*imagenet1k_v1"):
+        imagenet_weights("resnet18", "imagenet:v2")
 
 
 # --- text encoder --------------------------------------------------------------------------------------------
@@ -212,9 +244,71 @@ def test_convirt_forward_shapes(tiny_bert_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("weights", "kind"),
     [(None, "random"), ("", "random"), ("none", "random"), ("Random", "random"), ("imagenet", "imagenet"),
-     ("builtin:imagenet", "builtin"), ("ImageNet", "imagenet"), ("weights/resnet18.pt", "file")],
+     ("builtin:imagenet", "builtin"), ("ImageNet", "imagenet"), ("imagenet:v2", "imagenet"),
+     ("weights/resnet18.pt", "file")],
 )  # fmt: skip
 def test_weights_kind_names_what_image_weights_asks_for(weights, kind) -> None:
     from convirt.models.image import weights_kind
 
     assert weights_kind(weights) == kind
+
+
+# --- tokenizer casing ----------------------------------------------------------------------------------------
+
+
+def cased_bert_folder(folder: Path, tokenizer_config: dict | None) -> Path:
+    """A BERT tokenizer folder with a cased vocabulary (as ClinicalBERT/BioBERT) and an optional tokenizer config."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["the", "The", "left", "Left", "lung", "Lung", "effusion", "Effusion", "no", "No", "small", "Small", "."]
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    if tokenizer_config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer_config", [None, {"do_lower_case": True}])
+def test_cased_vocabulary_that_lowercases_warns_and_explicit_casing_applies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tokenizer_config
+) -> None:
+    """What AutoTokenizer does with a cased vocabulary without a casing config (ClinicalBERT on the hub): lower-case."""
+    from convirt.models.text import load_tokenizer
+
+    folder = cased_bert_folder(tmp_path / "cased", tokenizer_config)
+    with caplog.at_level("WARNING", logger="convirt"):
+        default = load_tokenizer(str(folder))
+    assert default.tokenize("Small left Effusion") == ["small", "left", "effusion"]
+    assert "is cased but its tokenizer lower-cases" in caplog.text and "model.text_lowercase=false" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="convirt"):
+        cased = load_tokenizer(str(folder), lowercase=False)
+        lowered = load_tokenizer(str(folder), lowercase=True)
+    assert cased.tokenize("Small left Effusion") == ["Small", "left", "Effusion"]
+    assert lowered.tokenize("Small left Effusion") == ["small", "left", "effusion"]
+    assert caplog.text == ""  # an explicit choice is not warned about
+
+
+def test_casing_in_config_reaches_the_tokenizer_and_survives_save(tmp_path: Path) -> None:
+    from convirt.config import load_config
+    from convirt.models.factory import create_tokenizer
+
+    folder = cased_bert_folder(tmp_path / "cased", None)
+    config = load_config(None, [f"model.text_encoder={folder}", "model.text_lowercase=false"])
+    tokenizer = create_tokenizer(config)
+    tokenizer.save_pretrained(tmp_path / "saved")  # what a checkpoint stores
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "saved")).tokenize("No Effusion") == ["No", "Effusion"]
+
+
+def test_uncased_vocabulary_with_its_lowercasing_tokenizer_is_quiet(
+    minilm_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from convirt.models.text import load_tokenizer, tokenizer_lowercases, vocabulary_is_cased
+
+    with caplog.at_level("WARNING", logger="convirt"):
+        tokenizer = load_tokenizer(str(minilm_dir))
+    assert not vocabulary_is_cased(tokenizer) and tokenizer_lowercases(tokenizer)
+    assert caplog.text == ""

@@ -22,7 +22,9 @@ from convirt.errors import ConfigError
 @dataclass
 class ModelConfig:
     image_encoder: str = "resnet50"  # any torchvision classification model name, or timm/<name>
-    image_weights: str | None = "imagenet"  # none | imagenet | builtin:imagenet (offline, MobileNetV2) | a local file
+    image_weights: str | None = (
+        "imagenet"  # none | imagenet (V1, the paper's) | imagenet:v2 | builtin:imagenet | a file
+    )
     text_encoder: str = "emilyalsentzer/Bio_ClinicalBERT"  # hub name or local folder (BERT family)
     text_weights: str = "pretrained"  # pretrained | random (keep the architecture, re-initialise)
     freeze_layers: int = 6  # embeddings + the first K transformer layers are frozen
@@ -31,6 +33,7 @@ class ModelConfig:
     head: str = "mlp"  # mlp: W2 ReLU(W1 h) | linear
     head_hidden_dim: int | None = None  # hidden width of the MLP head; None = input width
     max_length: int = 128  # tokens per sentence after truncation
+    text_lowercase: bool | None = None  # tokenizer casing; None: as the tokenizer files say (warns on a mismatch)
 
 
 @dataclass

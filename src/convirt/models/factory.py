@@ -32,7 +32,7 @@ def create_model(config: Config | ModelConfig, image_weights: str | None = "from
 
 def create_tokenizer(config: Config | ModelConfig):
     model_config = config.model if isinstance(config, Config) else config
-    return load_tokenizer(model_config.text_encoder)
+    return load_tokenizer(model_config.text_encoder, model_config.text_lowercase)
 
 
 def augmentation_params(config: Config) -> AugmentationParams:

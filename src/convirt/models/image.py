@@ -2,7 +2,8 @@
 
 ``create_image_encoder("resnet50", weights="imagenet")`` returns an :class:`ImageEncoder` whose forward gives the
 pooled feature h_v (2048-d for ResNet50). Weights are ``None``/``"none"`` (random init), ``"imagenet"`` (the
-torchvision default weights, which need a network the first time), ``"builtin:imagenet"`` (ImageNet weights
+paper's torchvision ImageNet weights, ``IMAGENET1K_V1``, which need a network the first time; ``"imagenet:v2"``
+or another release name selects a newer release), ``"builtin:imagenet"`` (ImageNet weights
 shipped by an installed package, no network: MobileNetV2, see :mod:`convirt.paths`) or a path to a local file (a
 torchvision state dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only dict such as
 ``mobilenet_v2().features``, also in the legacy pre-0.5 torchvision MobileNetV2 key layout). Names prefixed
@@ -105,13 +106,44 @@ def _timm_model(name: str) -> nn.Module:
     return timm.create_model(name.removeprefix("timm/"), pretrained=False)
 
 
-def _download_imagenet(name: str, backbone: nn.Module) -> dict[str, torch.Tensor]:
+# ``model.image_weights`` values that download torchvision ImageNet weights: ``imagenet`` is the paper's choice,
+# the original ``IMAGENET1K_V1`` release ("pretrained weights from torchvision, which achieves an ImageNet top-5
+# error rate of 7.13%": ResNet50 V1, acc@5 92.862, resnet50-0676ba61.pth); ``imagenet:v2`` (or any torchvision
+# weights name, e.g. ``imagenet:IMAGENET1K_V2``, ``imagenet:default``) selects another release explicitly.
+IMAGENET_PAPER_RELEASE = "IMAGENET1K_V1"
+
+
+def imagenet_weights(name: str, weights: str | os.PathLike | None = "imagenet"):
+    """The torchvision weights enum that ``weights`` (``imagenet`` or ``imagenet:RELEASE``) names for ``name``.
+
+    ``imagenet`` resolves to ``IMAGENET1K_V1`` where the architecture has it (every classic torchvision model:
+    ResNets, DenseNets, MobileNets, EfficientNets ...), else to torchvision's default. Pure: no download.
+    """
     from torchvision import models
 
     try:
-        weights = models.get_model_weights(name).DEFAULT
+        enum = models.get_model_weights(name)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"torchvision has no ImageNet weights for {name!r}") from exc
+    text = str(weights or "imagenet")
+    release = text.split(":", 1)[1] if ":" in text else ""
+    if not release:
+        return getattr(enum, IMAGENET_PAPER_RELEASE, enum.DEFAULT)
+    wanted = release.upper()
+    if wanted == "DEFAULT":
+        return enum.DEFAULT
+    choices = {member.name: member for member in enum}
+    for candidate in (wanted, f"IMAGENET1K_{wanted}"):
+        if candidate in choices:
+            return choices[candidate]
+    raise ConfigError(
+        f"model.image_weights={text}: {name} has no ImageNet weights release {release!r}; "
+        f"choose one of {', '.join(['default', *(m.lower() for m in choices)])}"
+    )
+
+
+def _download_imagenet(name: str, weights_value: str) -> dict[str, torch.Tensor]:
+    weights = imagenet_weights(name, weights_value)
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash errors...
@@ -129,11 +161,12 @@ BUILTIN_IMAGENET = "builtin:imagenet"
 
 def weights_kind(weights: str | os.PathLike | None) -> str:
     """What a ``model.image_weights`` value asks for: ``random`` (None/none/random), ``imagenet`` (torchvision
-    download), ``builtin`` (:data:`BUILTIN_IMAGENET`, offline) or ``file`` (a local path)."""
+    download: ``imagenet`` or ``imagenet:RELEASE``), ``builtin`` (:data:`BUILTIN_IMAGENET`, offline) or ``file``
+    (a local path)."""
     text = str(weights).lower() if weights else "none"
     if text in ("none", "random"):
         return "random"
-    if text == "imagenet":
+    if text == "imagenet" or text.startswith("imagenet:"):
         return "imagenet"
     return "builtin" if text == BUILTIN_IMAGENET else "file"
 
@@ -243,7 +276,7 @@ def create_image_encoder(name: str = "resnet50", weights: str | os.PathLike | No
     kind = weights_kind(weights)
     if kind != "random":
         if kind == "imagenet":
-            state = _download_imagenet(name, backbone)
+            state = _download_imagenet(name, weights_str or "imagenet")
         elif kind == "builtin":
             state = _load_local(str(offline_imagenet_file(name)))
         else:

@@ -11,6 +11,7 @@ block needs a gradient, autograd keeps no activations for it, so freezing also s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from torch import nn
 from convirt.errors import ConfigError, ModelLoadError
 
 Pooling = Literal["max", "mean", "cls"]
+log = logging.getLogger("convirt")
 
 
 def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -86,17 +88,57 @@ def load_pretrained_text_model(name: str, random_init: bool = False) -> nn.Modul
         raise ModelLoadError(_hub_hint(name)) from exc
 
 
-def load_tokenizer(name: str):
+def vocabulary_is_cased(tokenizer) -> bool:
+    """True when at least 1 % of the vocabulary's ordinary entries hold an upper-case letter (a cased vocabulary)."""
+    special = set(tokenizer.all_special_tokens)
+    entries = [t.removeprefix("##") for t in tokenizer.get_vocab() if t not in special and not t.startswith("[")]
+    upper = sum(any(ch.isupper() for ch in t) for t in entries)
+    return bool(entries) and upper >= 0.01 * len(entries)
+
+
+def tokenizer_lowercases(tokenizer) -> bool:
+    """Whether the tokenizer lower-cases its input (probed by behaviour, so it holds for any tokenizer class)."""
+    special = set(tokenizer.all_special_tokens)
+    pieces = [p for p in tokenizer.tokenize("The Left Lung") if p not in special]
+    return bool(pieces) and not any(ch.isupper() for p in pieces for ch in p)
+
+
+def load_tokenizer(name: str, lowercase: bool | None = None):
+    """The tokenizer of ``name``; ``lowercase`` forces its casing (None: as its own files say).
+
+    A BERT vocabulary that is cased but whose folder has no tokenizer config saying so is loaded lower-casing by
+    ``AutoTokenizer`` (the known ClinicalBERT/BioBERT case): every capitalised vocabulary entry is then unused.
+    With ``lowercase=None`` such a disagreement between vocabulary and casing is logged as a warning; an explicit
+    value is applied and checked.
+    """
     from transformers import AutoTokenizer
 
     name = resolve_text_source(name)
     local = Path(name).expanduser()
+    options = {} if lowercase is None else {"do_lower_case": lowercase}
     try:
-        return AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name)
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name, **options)
     except (OSError, ValueError) as exc:
         if local.is_dir():
             raise ModelLoadError(f"cannot load a tokenizer from folder {local}: {exc}") from exc
         raise ModelLoadError(_hub_hint(name)) from exc
+    lowers, cased = tokenizer_lowercases(tokenizer), vocabulary_is_cased(tokenizer)
+    if lowercase is not None and lowers != lowercase:
+        raise ConfigError(
+            f"model.text_lowercase={str(lowercase).lower()}: the tokenizer of {name} ({type(tokenizer).__name__}) "
+            "does not take a casing option; leave model.text_lowercase unset (null)"
+        )
+    if lowercase is None and lowers == cased:
+        what = "cased but its tokenizer lower-cases the text" if cased else "lower-case but its tokenizer keeps case"
+        log.warning(
+            "the vocabulary of text encoder %s is %s (its tokenizer config does not say otherwise); set "
+            "model.text_lowercase=%s to match the vocabulary, or =%s to keep this behaviour and silence this warning",
+            name,
+            what,
+            str(not cased).lower(),
+            str(lowers).lower(),
+        )
+    return tokenizer
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:
