@@ -205,9 +205,19 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
 
 
 def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepared, tiny_bert_dir, tmp_path):
-    # lr 0 -> the validation loss never changes -> no improvement after the first evaluation.
+    # Every validation pair is the same image and sentence: all logits of a batch are equal, so the validation loss
+    # is ln(8) at every evaluation whatever the weights (training still moves BatchNorm statistics, even at lr ~0).
+    import pandas as pd
+
+    frame = pd.read_csv(covid_prepared, dtype=str, keep_default_na=False)
+    frame["images"] = ["|".join(str(covid_prepared.parent / p) for p in cell.split("|")) for cell in frame["images"]]
+    val = frame["split"] == "val"
+    first = frame[val].iloc[0]
+    frame.loc[val, "images"], frame.loc[val, "text"] = first["images"].split("|")[0], first["text"].splitlines()[0]
+    manifest = tmp_path / "manifest.csv"
+    frame.to_csv(manifest, index=False)
     config = tiny_config(
-        covid_prepared,
+        manifest,
         tmp_path / "plateau",
         tiny_bert_dir,
         optim__lr=1e-12,
@@ -220,7 +230,8 @@ def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepa
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
     # evaluations 1 (best), then 2, 3, 4: each a straight evaluation without a decrease -> halved at each
-    assert lr == pytest.approx(1e-12 * 0.5**3)
+    assert result.best_val_loss == pytest.approx(math.log(8), abs=1e-5)
+    assert lr == pytest.approx(1e-12 * 0.5**3, rel=1e-6, abs=0)
     assert checkpoint["convirt_state"]["plateau"] == {
         "best": pytest.approx(result.best_val_loss),
         "bad_evaluations": 3,

@@ -95,8 +95,70 @@ def test_stream_sampler_resumes_at_any_position_and_shards() -> None:
     assert set(ranks[0]).isdisjoint(ranks[1])
 
 
-def test_eval_sampler_shards_equal_lengths() -> None:
-    shards = [list(ShardedEvalSampler(7, r, 2)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 4
-    assert {i for shard in shards for i, _ in shard} == set(range(7))
-    assert list(ShardedEvalSampler(7, 0, 2)) == shards[0]  # fixed seeds: deterministic validation
+def test_eval_sampler_is_a_seeded_permutation_the_same_for_any_process_count() -> None:
+    def indices(size: int, rank: int = 0, world: int = 1, seed: int = 0) -> list[int]:
+        return [i for i, _ in ShardedEvalSampler(size, rank, world, seed)]
+
+    order = indices(50, seed=7)
+    assert sorted(order) == list(range(50))  # every pair exactly once
+    assert order != list(range(50))  # not manifest order
+    assert indices(50, seed=7) == order  # a pure function of the seed
+    assert indices(50, seed=8) != order
+    for world in (2, 3):
+        shards = [indices(50, r, world, seed=7) for r in range(world)]
+        assert len({len(shard) for shard in shards}) == 1  # equal lengths: processes stay in step
+        interleaved = [shard[k] for k in range(len(shards[0])) for shard in shards]
+        assert interleaved[:50] == order  # the same permutation, dealt out round-robin
+        assert interleaved[50:] == order[: len(interleaved) - 50]  # padding repeats its first items
+    # With gathered negatives, the k-th batches of 2 processes at batch 5 are the k-th batch of 1 process at 10.
+    shards = [indices(50, r, 2, seed=7) for r in range(2)]
+    for k in range(5):
+        assert sorted(shards[0][5 * k : 5 * k + 5] + shards[1][5 * k : 5 * k + 5]) == sorted(
+            order[10 * k : 10 * k + 10]
+        )
+    seeds = {index: seed for index, seed in ShardedEvalSampler(50, 0, 1, 7)}
+    assert all(seeds[i] == s for r in range(3) for i, s in ShardedEvalSampler(50, r, 3, 7))  # seed follows the pair
+    assert indices(2, 2, 5) and len(indices(2, 4, 5)) == 1  # fewer pairs than processes: still one each
+
+
+def test_validation_batches_mix_patients_so_near_duplicates_are_not_the_negatives(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    """4 patients x 4 near-duplicate pairs, adjacent in the manifest. Scored by an oracle that embeds each pair as
+    its patient, a batch of 4 that is one patient has all logits equal: loss ln 4 exactly, whatever the model. The
+    validation loader's batches mix patients, so the same oracle scores well below that."""
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_config
+    from convirt.engine.data import PairedDataModule
+    from convirt.losses import convirt_loss
+
+    rows = []
+    for patient in range(4):
+        for k in range(4):
+            name = f"p{patient}_{k}.png"
+            Image.fromarray(np.full((20, 20), 30 + 60 * patient + k, dtype=np.uint8)).save(tmp_path / name)
+            note = f"Patient {patient} has a cough."
+            rows.append({"images": name, "text": note, "patient_id": f"p{patient}", "study_id": name, "split": "val"})
+    rows.append({**rows[0], "split": "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    config = tiny_config(tmp_path / "manifest.csv", tmp_path / "run", tiny_bert_dir, data__batch_size=4)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
+    data = PairedDataModule(config, tokenizer)
+    data.setup()
+
+    def oracle_loss(batches) -> float:
+        losses = []
+        for batch in batches:
+            patients = batch["index"] // 4  # val rows 4p..4p+3 are patient p
+            embeddings = torch.nn.functional.one_hot(patients, 4).float()
+            losses.append(convirt_loss(embeddings, embeddings).item())
+        return sum(losses) / len(losses)
+
+    collate = PairedCollator(tokenizer, config.model.max_length)
+    assert data.val_set is not None
+    ordered = [collate([data.val_set[(i, 0)] for i in range(s, s + 4)]) for s in range(0, 16, 4)]
+    assert oracle_loss(ordered) == pytest.approx(np.log(4), abs=1e-6)  # manifest order: chance, uninformative
+    permuted = list(data.val_dataloader())
+    assert sorted(int(i) for b in permuted for i in b["index"]) == list(range(16))
+    assert oracle_loss(permuted) < np.log(4) - 0.3

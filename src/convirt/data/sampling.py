@@ -7,8 +7,12 @@ of (seed, epoch, position) that the dataset uses for all of the draw's randomnes
 function of its position, resuming after ``k`` consumed batches is just starting at position ``k * batch_size``.
 Epoch boundaries do not align with batches: a batch may straddle two epochs, as in a stream.
 
-:class:`ShardedEvalSampler` gives each process a contiguous, equal-length shard of ``range(n)`` (padded by
-repeating the last items, like ``DistributedSampler``) with fixed seeds, for a deterministic validation loss.
+:class:`ShardedEvalSampler` orders the validation pairs by one fixed permutation drawn from its seed (the same on
+every run and for any number of processes), padded to a multiple of ``world_size`` by repeating its first items
+(like ``DistributedSampler``); process ``r`` takes positions ``r, r + W, r + 2W, ...`` of it, and each pair's draw
+seed depends on its index only. So validation batches are random mixtures of patients rather than runs of one
+patient's near-duplicate pairs (manifest order), the loss is deterministic, and the ``k``-th batches of ``W``
+processes at batch ``B`` together hold exactly the ``k``-th batch of one process at batch ``W * B``.
 """
 
 from __future__ import annotations
@@ -61,7 +65,14 @@ class ShardedEvalSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return self.per_rank
 
+    def order(self) -> list[int]:
+        """The global validation order: a permutation of ``range(size)`` from the seed, padded to a multiple of
+        ``world_size`` with its first items."""
+        generator = torch.Generator().manual_seed(draw_seed(self.seed, -1, -1))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        padding = self.per_rank * self.world_size - self.size
+        return order + (order * (padding // max(self.size, 1) + 1))[:padding]
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for local in range(self.per_rank):
-            index = min(self.rank * self.per_rank + local, self.size - 1)
+        for index in self.order()[self.rank :: self.world_size]:
             yield index, draw_seed(self.seed, -1, index)
