@@ -107,7 +107,7 @@ def _check_settings(cache_dir: Path, settings: CacheSettings) -> None:
         if found != wanted:
             raise ConfigError(
                 f"image cache {cache_dir} was made with settings {found}, not {wanted}; prepare into another "
-                "--output folder, or delete that images folder to rebuild it"
+                "output folder, or delete that images folder to rebuild it"
             )
     else:
         atomic_write_json(path, wanted)

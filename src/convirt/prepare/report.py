@@ -13,8 +13,8 @@ from convirt.fileio import atomic_write_json
 # Why a pair is dropped, checked in this order (a pair is counted once, under the first reason that applies).
 DROP_REASONS: dict[str, str] = {
     "empty_text": "no report text at all",
-    "no_findings_impression": "no Findings or Impression section (or whichever --sections were asked for)",
-    "too_few_tokens": "kept text has fewer than --min-tokens tokens",
+    "no_findings_impression": "no Findings or Impression section (or whichever sections were asked for)",
+    "too_few_tokens": "kept text has fewer than min_tokens tokens",
     "duplicate_pair": "same images and same text as an earlier pair (kept once)",
     "no_image": "the study lists no image",
     "missing_image": "every image of the study is missing on disk",

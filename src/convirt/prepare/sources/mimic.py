@@ -26,7 +26,7 @@ from pathlib import Path
 from convirt.data.manifest import read_table, require_columns
 from convirt.errors import ConfigError
 
-from .types import RawPair, SourceData
+from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
@@ -61,7 +61,7 @@ class _ReportStore:
                     self.zip_names[(match.group(2), match.group(3))] = name
         elif reports is not None:
             if not reports.is_dir():
-                raise ConfigError(f"--reports {reports} is neither a folder nor mimic-cxr-reports.zip")
+                raise ConfigError(f"MIMIC-CXR reports {reports} are neither a folder nor mimic-cxr-reports.zip")
             self.roots.append(reports)
         self.roots.append(input_dir)
 
@@ -111,15 +111,14 @@ def _walk_images(input_dir: Path) -> list[dict[str, str]]:
 
 def read_mimic(
     input_dir: Path,
-    views: str = "all",
+    settings: ReadSettings,
     reports_dir: str | os.PathLike | None = None,
 ) -> SourceData:
     """Read MIMIC-CXR-JPG + reports at ``input_dir`` into one study per report (see the module notes)."""
-    if views not in ("frontal", "all"):
-        raise ConfigError(f"--views must be 'frontal' or 'all', not {views!r}")
+    views = settings.views
     if not (input_dir / "files").is_dir():
         raise ConfigError(
-            f"{input_dir} has no files/ folder: --input must be the MIMIC-CXR-JPG root (with files/pXX/..., "
+            f"{input_dir} has no files/ folder: the input must be the MIMIC-CXR-JPG root (with files/pXX/..., "
             f"{METADATA} and {SPLIT})"
         )
     notes: list[str] = []
@@ -130,7 +129,7 @@ def read_mimic(
         rows = metadata.to_dict("records")
     else:
         if views == "frontal":
-            raise ConfigError(f"--views frontal needs {METADATA} (view positions) in {input_dir}")
+            raise ConfigError(f"views='frontal' needs {METADATA} (view positions) in {input_dir}")
         rows = _walk_images(input_dir)
         notes.append(f"{METADATA} not found: images found by walking files/ ({len(rows)} images)")
     split_path = _find_table(input_dir, SPLIT)
@@ -179,4 +178,21 @@ def read_mimic(
         "studies_with_report": n_reports,
         "official_split": "yes" if official else "no split file",
     }
-    return SourceData(pairs=pairs, image_root=input_dir, text_mode="sections", stats=stats, notes=notes)
+    return SourceData(pairs=pairs, image_root=input_dir, stats=stats, notes=notes)
+
+
+SOURCE = PrepareSource(
+    name="mimic-cxr",
+    summary="MIMIC-CXR-JPG v2 folder (files/pXX/pXXXXXXXX/sXXXXXXXX/*.jpg, mimic-cxr-2.0.0-metadata.csv.gz,\n"
+    "mimic-cxr-2.0.0-split.csv.gz) with the MIMIC-CXR reports (files/pXX/pXXXXXXXX/sXXXXXXXX.txt,\n"
+    "in the same tree or in --reports DIR)",
+    read=read_mimic,
+    views="all",
+    val_size=5000,  # the paper's 5000 validation pairs
+    text_mode="sections",
+    options=(
+        SourceOption(
+            "reports_dir", "--reports", "folder of the report .txt files or mimic-cxr-reports.zip (default: --input)"
+        ),
+    ),
+)

@@ -27,7 +27,7 @@ from pathlib import Path
 from convirt.data.manifest import read_table, require_columns
 from convirt.errors import ConfigError, ManifestError
 
-from .types import RawPair, SourceData
+from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 XML_SECTIONS = {
     "FINDINGS": "findings",
@@ -135,14 +135,13 @@ def find_reports(input_dir: Path) -> Path | None:
 
 def read_iu_xray(
     input_dir: Path,
-    views: str = "all",
+    settings: ReadSettings,
     reports: str | os.PathLike | None = None,
     images_dir: str | os.PathLike | None = None,
     iu_format: str = "auto",
 ) -> SourceData:
     """Read the Open-i XML release (preferred when present) or the CSV export at ``input_dir``."""
-    if views not in ("frontal", "all"):
-        raise ConfigError(f"--views must be 'frontal' or 'all', not {views!r}")
+    views = settings.views
     if iu_format not in ("auto", "xml", "csv"):
         raise ConfigError(f"iu_format must be auto, xml or csv, not {iu_format!r}")
     image_root = Path(images_dir) if images_dir else input_dir
@@ -152,19 +151,19 @@ def read_iu_xray(
     if iu_format == "auto" and not use_xml and not csv_reports.is_file():
         if xml_source is not None and views == "frontal":
             raise ConfigError(
-                "the IU X-ray XML release does not say which image is frontal; use --views all, or the CSV export "
+                "the IU X-ray XML release does not say which image is frontal; use views='all', or the CSV export "
                 "(indiana_reports.csv + indiana_projections.csv), which has a projection per image"
             )
         raise ConfigError(
             f"no IU X-ray reports found in {input_dir}: expected ecgen-radiology/*.xml, NLMCXR_reports.tgz, or "
-            "indiana_reports.csv + indiana_projections.csv (or pass --reports)"
+            "indiana_reports.csv + indiana_projections.csv (or name the reports: reports=PATH)"
         )
     index = index_images(image_root)
     if use_xml:
         if xml_source is None:
-            raise ConfigError(f"no IU X-ray XML reports found in {input_dir} (pass --reports)")
+            raise ConfigError(f"no IU X-ray XML reports found in {input_dir} (name them: reports=PATH)")
         if views == "frontal":
-            raise ConfigError("the IU X-ray XML release does not say which image is frontal; use --views all")
+            raise ConfigError("the IU X-ray XML release does not say which image is frontal; use views='all'")
         return _read_xml(xml_source, index, image_root)
     return _read_csv(input_dir, index, image_root, views)
 
@@ -191,8 +190,8 @@ def _read_xml(source: Path, index: dict[str, Path], image_root: Path) -> SourceD
         "image_references": n_refs,
         "image_files_found": len(index),
     }
-    notes = [] if index else [f"no image files found under {image_root}; pass --images DIR (NLMCXR_png extracted)"]
-    return SourceData(pairs=pairs, image_root=image_root, text_mode="sections", stats=stats, notes=notes)
+    notes = [] if index else [f"no image files found under {image_root}; name the extracted NLMCXR_png: images_dir=DIR"]
+    return SourceData(pairs=pairs, image_root=image_root, stats=stats, notes=notes)
 
 
 def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: str) -> SourceData:
@@ -241,5 +240,20 @@ def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: 
         "image_references_after_view_filter": n_view,
         "image_files_found": len(index),
     }
-    notes = [] if index else [f"no image files found under {image_root}; pass --images DIR"]
-    return SourceData(pairs=pairs, image_root=image_root, text_mode="sections", stats=stats, notes=notes)
+    notes = [] if index else [f"no image files found under {image_root}; name the image folder: images_dir=DIR"]
+    return SourceData(pairs=pairs, image_root=image_root, stats=stats, notes=notes)
+
+
+SOURCE = PrepareSource(
+    name="iu-xray",
+    summary="Open-i IU X-ray: ecgen-radiology/*.xml or NLMCXR_reports.tgz + CXR<id>_IM-*.png images, or the\n"
+    "CSV export indiana_reports.csv + indiana_projections.csv + images",
+    read=read_iu_xray,
+    views="all",
+    val_size=0.1,
+    text_mode="sections",
+    options=(
+        SourceOption("reports", "--reports", "the XML folder or NLMCXR_reports.tgz (default: found inside --input)"),
+        SourceOption("images_dir", "--images", "folder searched for the images (default: --input)"),
+    ),
+)
