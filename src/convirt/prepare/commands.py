@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
 
 from convirt.errors import ConfigError, ConvirtError
 
@@ -27,6 +28,10 @@ def _size(value: str) -> float | int:
     return int(number) if number >= 1 and number == int(number) else number
 
 
+def _delimiter(value: str) -> str:
+    return "\t" if value.lower() in ("tab", "\\t", "\t") else value
+
+
 def _epilog() -> str:
     from convirt.prepare.sources import REGISTRY
 
@@ -42,6 +47,8 @@ def _epilog() -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from convirt.prepare.image_cache import IMAGE_FORMATS
+    from convirt.prepare.options import SPLIT_MODES, TEXT_MODES, VIEWS, PrepareOptions
     from convirt.prepare.sources import REGISTRY, SOURCES
 
     parser = subparsers.add_parser(
@@ -57,51 +64,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input", "-i", required=True, help="raw download folder (or table file for csv/jsonl)")
     parser.add_argument("--output", "-o", required=True, help="output data folder (created)")
 
+    d = PrepareOptions()  # the defaults live there; the help shows them
+    per_source = {key: _per_source(REGISTRY, key) for key in ("views", "text_mode", "val_size")}
     general = parser.add_argument_group("text and images")
-    general.add_argument("--views", choices=("frontal", "all"), help="view filter (default: all; covid: frontal)")
-    modes = ", ".join(f"{s.text_mode} for {name}" for name, s in REGISTRY.items())
+    general.add_argument("--views", choices=VIEWS, help=f"view filter (default: {per_source['views']})")
     general.add_argument(
         "--text-mode",
-        choices=("sections", "whole", "auto"),
+        choices=TEXT_MODES,
         help="sections: keep --sections only; whole: keep the whole text; auto: sections when headers are found "
-        f"(default: {modes})",
+        f"(default: {per_source['text_mode']})",
     )
     general.add_argument(
         "--sections",
-        default="findings,impression",
-        help="comma-separated sections to keep, or 'all' (default: findings,impression, as in the paper)",
+        default=",".join(d.sections or ["all"]),
+        help="comma-separated sections to keep, or 'all' (default: %(default)s, as in the paper)",
     )
-    general.add_argument("--min-tokens", type=int, default=3, help="drop pairs with fewer tokens (default: 3)")
-    general.add_argument("--image-size", type=int, default=256, help="longer side of cached images (default: 256)")
-    general.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="cache format (default png)")
+    general.add_argument("--min-tokens", type=int, default=d.min_tokens, help="drop pairs with fewer tokens "
+                         "(default: %(default)s)")  # fmt: skip
+    general.add_argument("--image-size", type=int, default=d.image_size, help="longer side of cached images "
+                         "(default: %(default)s)")  # fmt: skip
+    general.add_argument("--image-format", choices=tuple(IMAGE_FORMATS), default=d.image_format, help="cache "
+                         "format (default: %(default)s)")  # fmt: skip
     general.add_argument(
         "--no-jpeg-draft",
         dest="jpeg_draft",
         action="store_false",
         help="decode JPEGs at full size before resizing (slower; default decodes at the smallest DCT scale >= size)",
     )
-    general.add_argument("--workers", type=int, default=None, help="resize processes (default: all usable CPUs)")
-    general.add_argument("--limit", type=int, default=None, help="prepare only the first N studies (smoke runs)")
     general.add_argument(
-        "--no-progress", dest="progress", action="store_const", const=False, default=None, help="no progress bar"
+        "--min-image-size",
+        type=int,
+        default=d.min_image_size,
+        help="refuse images whose shorter side is under N px, in the file or in the cache (default: %(default)s; "
+        "0: no minimum)",
+    )
+    general.add_argument(
+        "--strict-paths",
+        action="store_true",
+        help="refuse image paths that lead outside the input folders (.., absolute, symbolic links); "
+        "default: read them and warn",
+    )
+    general.add_argument("--encoding", default=d.encoding, help="encoding of the tables and reports (default: "
+                         "%(default)s)")  # fmt: skip
+    general.add_argument(
+        "--delimiter",
+        type=_delimiter,
+        default=d.delimiter,
+        help="CSV delimiter, e.g. ';' or tab (default: detected from the header line among , ; and tab)",
+    )
+    general.add_argument("--workers", type=int, default=d.workers, help="resize processes (default: all usable "
+                         "CPUs)")  # fmt: skip
+    general.add_argument("--limit", type=int, default=d.limit, help="prepare only the first N studies (smoke runs)")
+    general.add_argument(
+        "--no-progress", dest="progress", action="store_const", const=False, default=d.progress, help="no progress bar"
     )
 
     splits = parser.add_argument_group("splits (by patient)")
     splits.add_argument(
         "--val-size",
         type=_size,
-        default=None,
-        help="validation pairs (e.g. 5000) or fraction (e.g. 0.1); default 5000 for mimic-cxr (paper), 0.1 otherwise",
+        default=d.val_size,
+        help=f"validation pairs (e.g. 5000) or fraction (e.g. 0.1) (default: {per_source['val_size']})",
     )
-    splits.add_argument("--test-size", type=_size, default=0, help="test pairs or fraction (default: 0)")
+    splits.add_argument("--test-size", type=_size, default=d.test_size, help="test pairs or fraction "
+                        "(default: %(default)s)")  # fmt: skip
     splits.add_argument(
         "--split",
         dest="split_mode",
-        choices=("random", "official"),
-        default="random",
+        choices=SPLIT_MODES,
+        default=d.split_mode,
         help="random patient split (default) or the dataset's own split (mimic-cxr, csv split column)",
     )
-    splits.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    splits.add_argument("--seed", type=int, default=d.seed, help="split seed (default: %(default)s)")
 
     specific = parser.add_argument_group("source-specific")
     for flag, (helps, repeatable) in _source_flags().items():
@@ -114,6 +148,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="; ".join(helps),
         )
     parser.set_defaults(func=run_prepare, flag_words=_flag_words(parser))
+
+
+def _per_source(registry: dict, key: str) -> str:
+    """A default that differs per source, for the help: ``all; frontal for covid-chestxray``."""
+    values = {name: getattr(source, key) for name, source in registry.items()}
+    common = Counter(values.values()).most_common(1)[0][0]
+    return "; ".join([str(common), ", ".join(f"{v} for {n}" for n, v in values.items() if v != common)])
 
 
 def _dest(flag: str) -> str:
@@ -184,21 +225,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         takes = ", ".join(sorted(taken)) or "no source-specific option"
         raise ConfigError(f"source {args.source} does not take {', '.join(foreign)} (it takes {takes})")
     try:
+        general = {name: getattr(args, name) for name in PrepareOptions.__dataclass_fields__ if name in args}
         options = PrepareOptions(
-            views=args.views,
-            val_size=args.val_size,
-            test_size=args.test_size,
-            split_mode=args.split_mode,
-            seed=args.seed,
-            text_mode=args.text_mode,
-            sections=args.sections,
-            min_tokens=args.min_tokens,
-            image_size=args.image_size,
-            image_format=args.image_format,
-            jpeg_draft=args.jpeg_draft,
-            workers=args.workers,
-            limit=args.limit,
-            progress=args.progress,
+            **general,
             source_options={taken[flag].keyword: getattr(args, _dest(flag)) for flag in given},
         )
         report = prepare(

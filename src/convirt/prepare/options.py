@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,8 +38,12 @@ class PrepareOptions:
     uses the dataset's own split. ``views``: ``frontal`` or ``all``. ``text_mode``: ``sections`` (keep
     ``sections``, default Findings + Impression), ``whole`` or ``auto``. ``sections``: a list, a comma-separated
     string, or ``"all"``. ``limit`` keeps the first N studies (smoke runs). ``workers``: resize processes (default:
-    every usable CPU). ``progress``: a progress bar (default: when stderr is a terminal). ``source_options``: the
-    keywords of the source's reader (columns of a table, where the reports are, ...).
+    every usable CPU). ``progress``: a progress bar (default: when stderr is a terminal).
+    ``min_image_size``: images whose shorter side is under this many pixels, in the file or in the cache, are
+    refused (0: no minimum). ``strict_paths``: refuse image paths that lead outside the input folders (by ``..``,
+    an absolute path or a symbolic link) instead of reading them with a warning. ``encoding``: of the source's
+    tables and text files; ``delimiter``: of its CSV tables (default: detected from the header line).
+    ``source_options``: the keywords of the source's reader (columns of a table, where the reports are, ...).
     """
 
     views: str | None = None
@@ -55,6 +60,10 @@ class PrepareOptions:
     workers: int | None = None
     limit: int | None = None
     progress: bool | None = None
+    min_image_size: int = 16
+    strict_paths: bool = False
+    encoding: str = "utf-8"
+    delimiter: str | None = None
     source_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,6 +77,18 @@ class PrepareOptions:
             if value is not None and value not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, not {value!r}")
         self.source_options = {k: v for k, v in self.source_options.items() if v is not None}
+        if not 0 <= self.min_image_size <= self.image_size:
+            raise ConfigError(
+                f"min_image_size must be between 0 and image_size ({self.image_size}), not {self.min_image_size}"
+            )
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(
+                f"encoding={self.encoding!r} is not a text encoding Python knows (e.g. utf-8, cp1252)"
+            ) from None
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ConfigError(f"delimiter must be one character (e.g. ';' or a tab), not {self.delimiter!r}")
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> PrepareOptions:
@@ -92,7 +113,7 @@ class PrepareOptions:
         )
 
     def read_settings(self) -> ReadSettings:
-        return ReadSettings(views=self.views or "all")
+        return ReadSettings(views=self.views or "all", encoding=self.encoding, delimiter=self.delimiter)
 
     def settings(self, workers: int) -> dict[str, Any]:
         """What the report records (every option the run used)."""
@@ -109,6 +130,10 @@ class PrepareOptions:
             "split_mode": self.split_mode,
             "seed": self.seed,
             "views": self.views,
+            "min_image_size": self.min_image_size,
+            "strict_paths": self.strict_paths,
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
             **self.source_options,
         }
 

@@ -6,10 +6,13 @@ Stages (each only sees what the previous one kept, so no image of a dropped repo
    studies;
 2. :func:`filter_text`: sections kept, sentences split, pairs with no kept text or fewer than ``min_tokens``
    tokens dropped; exact duplicates (same image files and same sentences) are kept once;
-3. :func:`require_images`: pairs that list no image file at all are dropped;
+3. :func:`require_images`: pairs that list no image file at all are dropped; :func:`check_paths`: image paths
+   that lead outside the input folders are named (and refused with ``strict_paths``);
 4. :func:`cache_images`: every image of the remaining pairs resized once into ``OUTPUT/images/`` (parallel,
-   resumable); :func:`manifest_rows`: a pair keeps the images that worked and is dropped only when none did;
+   resumable; images too small or blank are refused); :func:`manifest_rows`: a pair keeps the images that worked
+   and is dropped only when none did;
 5. :func:`assign_split_column`: splits by patient (patients sharing an image file are kept together), seeded;
+   a split without validation pairs is warned about (pretraining needs them);
 6. :func:`write_outputs`: ``OUTPUT/manifest.csv`` (atomic), ``OUTPUT/dropped.csv`` (every dropped study and why)
    and ``OUTPUT/prepare_report.json``.
 """
@@ -29,9 +32,9 @@ from convirt.data.manifest import IMAGE_SEPARATOR, PAIRED_COLUMNS, write_table
 from convirt.errors import ConfigError
 from convirt.text.tokenize import count_tokens
 
-from .image_cache import IMAGE_FORMATS, CacheResult, CacheSettings, build_cache, target_names
+from .image_cache import FAILURES, IMAGE_FORMATS, CacheResult, CacheSettings, build_cache, target_names
 from .options import PrepareOptions
-from .report import DROP_REASONS, PrepareReport, summarize
+from .report import DROP_REASONS, IMAGE_FAILURES, PrepareReport, summarize
 from .splits import assign_splits, patient_groups
 from .textproc import process_text
 from .types import PrepareSource, RawPair, SourceData
@@ -43,6 +46,7 @@ IMAGES_DIR = "images"
 MAX_EXAMPLES = 20
 
 Kept = list[tuple[RawPair, list[str]]]  # pairs still in the running, with their kept sentences
+Failures = dict[str, tuple[str, str]]  # image source path -> (kind in IMAGE_FAILURES, reason)
 
 
 def default_workers() -> int:
@@ -92,6 +96,9 @@ def filter_text(pairs: list[RawPair], options: PrepareOptions, report: PrepareRe
     kept: Kept = []
     seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     for pair in pairs:
+        if pair.problem:
+            drop(pair, "unreadable_report", pair.problem)
+            continue
         processed = process_text(pair, mode, options.sections, options.min_tokens)
         n_findings += processed.has_findings
         n_impression += processed.has_impression
@@ -133,28 +140,64 @@ def require_images(kept: Kept, drop: Drops) -> tuple[Kept, list[str]]:
     return with_images, unresolved
 
 
+def input_roots(input_dir: Path, image_root: Path) -> list[Path]:
+    """The folders image paths may lead into: the input folder (a table's folder) and the source's image folder."""
+    return [input_dir.parent if input_dir.is_file() else input_dir, image_root]
+
+
+def outside_reason(path: Path, roots: list[Path]) -> str | None:
+    """Why ``path`` lies outside every folder of ``roots`` (by ``..``, absolute path or symbolic link), or None."""
+    lexical = os.path.abspath(path)
+    if not any(_within(lexical, os.path.abspath(root)) for root in roots):
+        return "outside the input folders"
+    real = os.path.realpath(path)
+    if not any(_within(real, os.path.realpath(root)) for root in roots):
+        return f"a symbolic link to {real}, outside the input folders"
+    return None
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_paths(kept: Kept, roots: list[Path], strict: bool) -> tuple[dict[str, str], str | None]:
+    """Stage 3b: the image paths outside the input folders with why (refused when ``strict``), and a warning."""
+    outside = {}
+    for path in sorted({p for pair, _ in kept for p in pair.images}, key=str):
+        reason = outside_reason(path, roots)
+        if reason is not None:
+            outside[str(path)] = reason + ("; refused (strict_paths)" if strict else "; read anyway")
+    if not outside:
+        return outside, None
+    shown = ", ".join(list(outside)[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+    folders = ", ".join(dict.fromkeys(str(r) for r in roots))
+    action = "refused" if strict else "read anyway; strict_paths=True refuses them"
+    return outside, f"{len(outside)} image path(s) lead outside the input folders ({folders}): {shown}; {action}"
+
+
 def cache_images(
-    kept: Kept, image_root: Path, output_dir: Path, options: PrepareOptions, workers: int
+    kept: Kept, refused: Failures, image_root: Path, output_dir: Path, options: PrepareOptions, workers: int
 ) -> tuple[CacheResult, dict[Path, str]]:
     """Stage 4a: resize every image of the kept pairs into ``OUTPUT/images`` (resumable); the cache names."""
-    sources = sorted({p for pair, _ in kept for p in pair.images}, key=str)
+    sources = sorted({p for pair, _ in kept for p in pair.images if str(p) not in refused}, key=str)
     targets = target_names(sources, image_root, IMAGE_FORMATS[options.image_format])
     settings = CacheSettings(size=options.image_size, image_format=options.image_format, jpeg_draft=options.jpeg_draft)
-    cache = build_cache(sources, targets, output_dir / IMAGES_DIR, settings, workers, options.progress)
+    cache = build_cache(
+        sources, targets, output_dir / IMAGES_DIR, settings, workers, options.progress, min_side=options.min_image_size
+    )
     return cache, targets
 
 
-def manifest_rows(kept: Kept, cache: CacheResult, targets: dict[Path, str], drop: Drops) -> list[dict[str, Any]]:
-    """Stage 4b: one manifest row per pair with at least one cached image; the others are dropped with why."""
+def manifest_rows(kept: Kept, failed: Failures, targets: dict[Path, str], drop: Drops) -> list[dict[str, Any]]:
+    """Stage 4b: one manifest row per pair with at least one cached image; the others are dropped with why (the
+    first of IMAGE_FAILURES that one of their images has, every image named in the detail)."""
     rows: list[dict[str, Any]] = []
     for pair, sentences in kept:
-        good = [p for p in pair.images if str(p) not in cache.missing and str(p) not in cache.unreadable]
+        good = [p for p in pair.images if str(p) not in failed]
         if not good:
-            bad_unreadable = [str(p) for p in pair.images if str(p) in cache.unreadable]
-            if bad_unreadable:
-                drop(pair, "unreadable_image", "; ".join(f"{p}: {cache.unreadable[p]}" for p in bad_unreadable))
-            else:
-                drop(pair, "missing_image", "; ".join(str(p) for p in pair.images))
+            kinds = {failed[str(p)][0] for p in pair.images}
+            reason = next(IMAGE_FAILURES[k] for k in IMAGE_FAILURES if k in kinds)
+            drop(pair, reason, "; ".join(f"{p}: {failed[str(p)][1]}" for p in pair.images))
             continue
         row = {
             "images": IMAGE_SEPARATOR.join(f"{IMAGES_DIR}/{targets[p]}" for p in good),
@@ -172,10 +215,11 @@ def manifest_rows(kept: Kept, cache: CacheResult, targets: dict[Path, str], drop
     return rows
 
 
-def assign_split_column(rows: list[dict[str, Any]], options: PrepareOptions) -> None:
-    """Stage 5: fill each row's ``split``: the dataset's own split, or a seeded split by patient."""
+def assign_split_column(rows: list[dict[str, Any]], options: PrepareOptions) -> str | None:
+    """Stage 5: fill each row's ``split``: the dataset's own split, or a seeded split by patient. Returns a warning
+    when asked-for validation pairs do not come out (too few pairs or patients): ``convirt pretrain`` needs them."""
     if not rows:
-        return
+        return None
     if options.split_mode == "official":
         missing_split = [r["study_id"] for r in rows if r["_official"] not in ("train", "val", "test")]
         if missing_split:
@@ -189,6 +233,16 @@ def assign_split_column(rows: list[dict[str, Any]], options: PrepareOptions) -> 
         splits = assign_splits(groups, options.val_size, options.test_size, options.seed)
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split
+    if "val" in splits:
+        return None
+    if options.split_mode == "official":
+        return "no validation pairs: the official split has none; `convirt pretrain` needs validation rows"
+    if (options.val_size or 0) > 0:
+        return (
+            f"no validation pairs: val_size={options.val_size} of {len(rows)} pairs gives none; `convirt pretrain` "
+            "needs validation rows: give a count such as val_size=1, or more data"
+        )
+    return None
 
 
 def write_outputs(rows: list[dict[str, Any]], drop: Drops, report: PrepareReport, output_dir: Path) -> None:
@@ -243,25 +297,35 @@ def run_prepare(
     )
     drop = Drops()
 
+    def warn(message: str | None) -> None:
+        if message:
+            report.notes.append("warning: " + message)
+            say(f"{source.name}: warning: {message}")
+
     say(f"{source.name}: {len(data.pairs)} studies read; filtering report text ({options.text_mode})")
     kept = filter_text(data.pairs, options, report, drop)
     kept, unresolved = require_images(kept, drop)
 
     n_images = len({p for pair, _ in kept for p in pair.images})
     say(f"{source.name}: {len(kept)} pairs pass the text filters; caching {n_images} images with {workers} worker(s)")
-    cache, targets = cache_images(kept, data.image_root, output_dir, options, workers)
+    outside, warning = check_paths(kept, input_roots(input_dir, data.image_root), options.strict_paths)
+    warn(warning)
+    refused = {p: ("outside_input", r) for p, r in outside.items()} if options.strict_paths else {}
+    cache, targets = cache_images(kept, refused, data.image_root, output_dir, options, workers)
     report.images = {
         "unique": n_images,
         "written": cache.written,
         "skipped": cache.skipped,
+        "recached": cache.recached,
         "seconds": round(cache.seconds, 2),
         "images_per_second": round(cache.written / cache.seconds, 2) if cache.written and cache.seconds else None,
         "missing": [{"path": p, "reason": r} for p, r in sorted(cache.missing.items())]
         + [{"path": ref, "reason": "no file found for this image reference"} for ref in unresolved],
-        "unreadable": [{"path": p, "reason": r} for p, r in sorted(cache.unreadable.items())],
+        **{kind: [{"path": p, "reason": r} for p, r in sorted(cache.of_kind(kind).items())] for kind in FAILURES[1:]},
+        "outside_input": [{"path": p, "reason": r} for p, r in outside.items()],
     }
-    rows = manifest_rows(kept, cache, targets, drop)
-    assign_split_column(rows, options)
+    rows = manifest_rows(kept, {**refused, **cache.failed}, targets, drop)
+    warn(assign_split_column(rows, options))
     write_outputs(rows, drop, report, output_dir)
     report.seconds = round(time.perf_counter() - started, 2)
     report.write_json(output_dir / REPORT_NAME)

@@ -30,6 +30,7 @@ class RawPair:
     split: str | None = None
     unresolved: list[str] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    problem: str = ""  # why the adapter could not read this study's report (dropped as unreadable_report)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class ReadSettings:
     """What every source reader receives besides its own options."""
 
     views: str = "all"  # "frontal" or "all"
+    encoding: str = "utf-8"  # of the source's tables and text files
+    delimiter: str | None = None  # of its CSV tables; None: detected from the header line
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError
 
+from ..tables import read_source_table
 from ..types import PrepareSource, RawPair, ReadSettings, SourceData
 
 FRONTAL_VIEWS = frozenset({"PA", "AP", "AP SUPINE", "AP ERECT", "AP SEMI ERECT"})
@@ -43,7 +44,7 @@ def read_covid(input_dir: Path, settings: ReadSettings, modalities: tuple[str, .
             f"{metadata} not found: the input must be the folder of the COVID-19 image data collection "
             "(with metadata.csv and images/)"
         )
-    frame = read_table(metadata)
+    frame = read_source_table(metadata, settings)
     require_columns(frame, REQUIRED, f"COVID-19 metadata {metadata}")
     rows_in = len(frame)
     wanted_modalities = {m.lower() for m in modalities}

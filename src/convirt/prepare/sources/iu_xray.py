@@ -17,6 +17,7 @@ the CSV export says which image is frontal, so ``views="frontal"`` needs the CSV
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import tarfile
@@ -24,9 +25,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError, ManifestError
+from convirt.text.clean import strip_controls
 
+from ..tables import read_source_table
 from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 XML_SECTIONS = {
@@ -37,6 +40,7 @@ XML_SECTIONS = {
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff")
 _CXR_PREFIX = re.compile(r"^CXR\d+_", re.IGNORECASE)
+_XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)[\"']")
 
 
 def _image_keys(name: str) -> list[str]:
@@ -77,10 +81,24 @@ def _find(index: dict[str, Path], name: str) -> Path | None:
     return None
 
 
-def parse_report_xml(data: bytes | str, source: str = "report") -> tuple[str, dict[str, str], list[str]]:
-    """(uid, sections in report order, image ids) of one Open-i XML report."""
+def _xml_text(data: bytes, source: str) -> str:
+    """An XML file's text, decoded with the encoding its declaration names (default UTF-8)."""
+    match = _XML_ENCODING.match(data)
+    encoding = match.group(1).decode("ascii") if match else "utf-8"
     try:
-        root = ET.fromstring(data)
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"IU X-ray report {source} is not valid {encoding} text ({exc})") from exc
+
+
+def parse_report_xml(data: bytes | str, source: str = "report") -> tuple[str, dict[str, str], list[str]]:
+    """(uid, sections in report order, image ids) of one Open-i XML report.
+
+    Control characters (which XML forbids, and exports sometimes carry) are removed before parsing; a file that
+    is still not XML raises a :class:`ManifestError` naming it."""
+    text = strip_controls(data if isinstance(data, str) else _xml_text(data, source))
+    try:
+        root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise ManifestError(f"IU X-ray report {source} is not valid XML ({exc})") from exc
     uid_node = root.find("uId")
@@ -165,14 +183,19 @@ def read_iu_xray(
         if views == "frontal":
             raise ConfigError("the IU X-ray XML release does not say which image is frontal; use views='all'")
         return _read_xml(xml_source, index, image_root)
-    return _read_csv(input_dir, index, image_root, views)
+    return _read_csv(input_dir, index, image_root, settings)
 
 
 def _read_xml(source: Path, index: dict[str, Path], image_root: Path) -> SourceData:
     pairs = []
     n_refs = 0
     for name, data in iter_report_xml(source):
-        uid, sections, image_ids = parse_report_xml(data, name)
+        try:
+            uid, sections, image_ids = parse_report_xml(data, name)
+        except ManifestError as exc:  # one broken file is one dropped report, not a failed run
+            uid = "CXR" + Path(name).stem
+            pairs.append(RawPair(study_id=uid, patient_id=uid, images=[], problem=str(exc)))
+            continue
         n_refs += len(image_ids)
         found = [(i, _find(index, i)) for i in image_ids]
         pairs.append(
@@ -194,12 +217,12 @@ def _read_xml(source: Path, index: dict[str, Path], image_root: Path) -> SourceD
     return SourceData(pairs=pairs, image_root=image_root, stats=stats, notes=notes)
 
 
-def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: str) -> SourceData:
+def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, settings: ReadSettings) -> SourceData:
     reports_path = input_dir / "indiana_reports.csv"
     projections_path = input_dir / "indiana_projections.csv"
-    reports = read_table(reports_path)
+    reports = read_source_table(reports_path, settings)
     require_columns(reports, ("uid", "findings", "impression"), f"IU X-ray reports {reports_path}")
-    projections = read_table(projections_path)
+    projections = read_source_table(projections_path, settings)
     require_columns(projections, ("uid", "filename", "projection"), f"IU X-ray projections {projections_path}")
     by_uid: dict[str, list[tuple[str, str]]] = {}
     for row in projections.to_dict("records"):
@@ -210,7 +233,7 @@ def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: 
         uid = row["uid"].strip()
         files = by_uid.get(uid, [])
         n_refs += len(files)
-        if views == "frontal":
+        if settings.views == "frontal":
             files = [(f, p) for f, p in files if p.lower() == "frontal"]
         n_view += len(files)
         found = [(f, _find(index, f)) for f, _ in files]

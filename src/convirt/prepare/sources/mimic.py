@@ -23,9 +23,10 @@ import re
 import zipfile
 from pathlib import Path
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError
 
+from ..tables import read_source_table
 from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -49,7 +50,8 @@ def _study_dir(root: Path, subject: str, study: str) -> Path:
 class _ReportStore:
     """Report text by (subject, study) from the image tree, a reports folder, or mimic-cxr-reports.zip."""
 
-    def __init__(self, input_dir: Path, reports: Path | None) -> None:
+    def __init__(self, input_dir: Path, reports: Path | None, encoding: str = "utf-8") -> None:
+        self.encoding = encoding
         self.roots: list[Path] = []
         self.zip_names: dict[tuple[str, str], str] = {}
         self.archive: zipfile.ZipFile | None = None
@@ -69,12 +71,12 @@ class _ReportStore:
         if self.archive is not None:
             name = self.zip_names.get((subject, study))
             if name is not None:
-                return self.archive.read(name).decode("utf-8", errors="replace")
+                return self.archive.read(name).decode(self.encoding, errors="replace")
         for root in self.roots:
             for base in (root / "files", root):
                 path = base / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
                 if path.is_file():
-                    return path.read_text(encoding="utf-8", errors="replace")
+                    return path.read_text(encoding=self.encoding, errors="replace")
         return None
 
 
@@ -124,7 +126,7 @@ def read_mimic(
     notes: list[str] = []
     metadata_path = _find_table(input_dir, METADATA)
     if metadata_path is not None:
-        metadata = read_table(metadata_path)
+        metadata = read_source_table(metadata_path, settings)
         require_columns(metadata, ("dicom_id", "subject_id", "study_id", "ViewPosition"), f"metadata {metadata_path}")
         rows = metadata.to_dict("records")
     else:
@@ -135,7 +137,7 @@ def read_mimic(
     split_path = _find_table(input_dir, SPLIT)
     official: dict[str, str] = {}
     if split_path is not None:
-        split_table = read_table(split_path)
+        split_table = read_source_table(split_path, settings)
         require_columns(split_table, ("study_id", "split"), f"split file {split_path}")
         for study, split in zip(split_table["study_id"], split_table["split"], strict=True):
             official[study.strip()] = SPLIT_NAMES.get(split.strip().lower(), split.strip())
@@ -163,7 +165,7 @@ def read_mimic(
         pair.images.append(_image_path(input_dir, subject, study, row["dicom_id"].strip()))
         pair.meta["view_positions"] = "|".join(filter(None, [pair.meta["view_positions"], position or "?"]))
 
-    store = _ReportStore(input_dir, Path(reports_dir) if reports_dir else None)
+    store = _ReportStore(input_dir, Path(reports_dir) if reports_dir else None, settings.encoding)
     n_reports = 0
     for (subject, study), pair in studies.items():
         text = store.text(subject, study)

@@ -29,10 +29,11 @@ from typing import Any
 
 import pandas as pd
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError, ManifestError
 from convirt.text.sections import canonical_section
 
+from ..tables import read_source_table, read_text
 from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 IMAGE_DEFAULTS = ("images", "image", "image_path", "image_paths", "path", "paths", "filename", "file")
@@ -76,23 +77,19 @@ def _find_table(input_dir: Path, table: str | os.PathLike | None, table_format: 
     return found[0]
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
     """JSON Lines with lists kept as lists (pandas would turn them into strings)."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
     records = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path} line {number} is not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise ManifestError(f"{path} line {number} is not a JSON object")
-            records.append(record)
+    for number, line in enumerate(read_text(path, encoding).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path} line {number} is not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise ManifestError(f"{path} line {number} is not a JSON object")
+        records.append(record)
     frame = pd.DataFrame.from_records(records)
 
     def clean(value: Any) -> Any:
@@ -164,7 +161,7 @@ def read_pairs_table(
     views = settings.views
     path = _find_table(input_dir, table, table_format)
     is_jsonl = path.name.lower().endswith(TABLE_SUFFIXES["jsonl"])
-    frame = _read_jsonl(path) if is_jsonl else read_table(path)
+    frame = _read_jsonl(path, settings.encoding) if is_jsonl else read_source_table(path, settings)
     source = f"table {path}"
     image_cols = _pick(frame, image_columns, IMAGE_DEFAULTS, "image", source, True)
     text_cols = _pick(frame, text_columns, TEXT_DEFAULTS, "text", source, True)
@@ -178,6 +175,8 @@ def read_pairs_table(
     notes = []
     if not patient_cols:
         notes.append("no patient column: every study is its own patient, so the split is by study")
+    if frame.attrs.get("delimiter", ",") != "," and not settings.delimiter and not path.name.lower().endswith(".tsv"):
+        notes.append(f"table {path.name}: delimiter {frame.attrs['delimiter']!r} detected from the header line")
 
     rows_in = len(frame)
     studies: dict[str, RawPair] = {}
