@@ -1,4 +1,4 @@
-"""Bad inputs `convirt prepare` names instead of passing silently or crashing (issue 17, items 7-12)."""
+"""Bad inputs `convirt prepare` names instead of passing silently or crashing."""
 
 from __future__ import annotations
 
