@@ -158,6 +158,12 @@ def test_a_changed_source_is_cached_again_and_an_unchanged_one_reused(tmp_path):
     assert (fourth.images["skipped"], fourth.images["recached"]) == (1, 1)
     assert STAMP_KEY in Image.open(out / "images" / "b.png").info
 
+    # A source replaced by something that no longer decodes: its old pixels are not served from the cache.
+    (raw / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    fifth = prepare("csv", table, out, val_size=0, workers=1, progress=False)
+    assert fifth.pairs_kept == 1 and fifth.dropped["unreadable_image"] == 1
+    assert not (out / "images" / "a.png").exists()
+
 
 def test_paths_outside_the_input_folder_are_named_and_refused_when_strict(tmp_path, capsys):
     raw, elsewhere = tmp_path / "raw", tmp_path / "elsewhere"

@@ -19,6 +19,7 @@ Stages (each only sees what the previous one kept, so no image of a dropped repo
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ MAX_EXAMPLES = 20
 
 Kept = list[tuple[RawPair, list[str]]]  # pairs still in the running, with their kept sentences
 Failures = dict[str, tuple[str, str]]  # image source path -> (kind in IMAGE_FAILURES, reason)
+FAILED = tuple(k for k in FAILURES if k != "missing")  # listed as they are; "missing" adds unresolved references
 
 
 def default_workers() -> int:
@@ -145,12 +147,15 @@ def input_roots(input_dir: Path, image_root: Path) -> list[Path]:
     return [input_dir.parent if input_dir.is_file() else input_dir, image_root]
 
 
-def outside_reason(path: Path, roots: list[Path]) -> str | None:
-    """Why ``path`` lies outside every folder of ``roots`` (by ``..``, absolute path or symbolic link), or None."""
+def outside_reason(path: Path, roots: list[Path], real_dir: Callable[[str], str] = os.path.realpath) -> str | None:
+    """Why ``path`` lies outside every folder of ``roots`` (by ``..``, absolute path or symbolic link), or None.
+
+    ``real_dir`` resolves a folder's links (pass a memoised one when checking many files of few folders)."""
     lexical = os.path.abspath(path)
     if not any(_within(lexical, os.path.abspath(root)) for root in roots):
         return "outside the input folders"
-    real = os.path.realpath(path)
+    folder, name = os.path.split(lexical)
+    real = os.path.realpath(lexical) if os.path.islink(lexical) else os.path.join(real_dir(folder), name)
     if not any(_within(real, os.path.realpath(root)) for root in roots):
         return f"a symbolic link to {real}, outside the input folders"
     return None
@@ -163,8 +168,9 @@ def _within(path: str, root: str) -> bool:
 def check_paths(kept: Kept, roots: list[Path], strict: bool) -> tuple[dict[str, str], str | None]:
     """Stage 3b: the image paths outside the input folders with why (refused when ``strict``), and a warning."""
     outside = {}
+    real_dir = functools.lru_cache(maxsize=None)(os.path.realpath)
     for path in sorted({p for pair, _ in kept for p in pair.images}, key=str):
-        reason = outside_reason(path, roots)
+        reason = outside_reason(path, roots, real_dir)
         if reason is not None:
             outside[str(path)] = reason + ("; refused (strict_paths)" if strict else "; read anyway")
     if not outside:
@@ -321,7 +327,7 @@ def run_prepare(
         "images_per_second": round(cache.written / cache.seconds, 2) if cache.written and cache.seconds else None,
         "missing": [{"path": p, "reason": r} for p, r in sorted(cache.missing.items())]
         + [{"path": ref, "reason": "no file found for this image reference"} for ref in unresolved],
-        **{kind: [{"path": p, "reason": r} for p, r in sorted(cache.of_kind(kind).items())] for kind in FAILURES[1:]},
+        **{kind: [{"path": p, "reason": r} for p, r in sorted(cache.of_kind(kind).items())] for kind in FAILED},
         "outside_input": [{"path": p, "reason": r} for p, r in outside.items()],
     }
     rows = manifest_rows(kept, {**refused, **cache.failed}, targets, drop)
