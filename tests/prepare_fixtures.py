@@ -45,6 +45,22 @@ def write_image(path: Path, width: int = 40, height: int = 30, mode: str = "L", 
     return path
 
 
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A tiny file whose PNG header claims ``width`` x ``height`` 1-bit pixels (a decompression-bomb shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
 def write_dicom(path: Path, width: int = 48, height: int = 32, monochrome1: bool = True) -> np.ndarray:
     """A 12-bit DICOM with rescale slope/intercept; returns the stored pixel array."""
     import pydicom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from convirt.data.images import load_image, resize_longer_side
 from convirt.errors import ImageLoadError
+from prepare_fixtures import write_png_header
 
 
 def test_png_named_jpg_and_rgba(tmp_path: Path) -> None:
@@ -95,3 +97,26 @@ def test_resize_longer_side() -> None:
     image = Image.new("L", (512, 300))
     assert resize_longer_side(image, 256).size == (256, 150)
     assert resize_longer_side(Image.new("L", (100, 200)), 256).size == (128, 256)
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # 100 M pixels: PIL's warning; 400 M pixels: PIL's error
+def test_decompression_bombs_are_image_load_errors_without_a_warning(tmp_path: Path, side: int) -> None:
+    path = write_png_header(tmp_path / "bomb.png", side, side)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageLoadError, match=rf"bomb\.png: refused, too large to decode safely: .*{side * side}"):
+            load_image(path)
+    assert not caught
+
+
+def test_nan_and_infinite_pixels_become_black_without_a_warning(tmp_path: Path) -> None:
+    values = np.array([[np.nan, 0.0, 1.0], [2.0, np.inf, 4.0]], dtype=np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32), mode="F").save(tmp_path / "nan.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels = np.asarray(load_image(tmp_path / "float.tif"))
+        all_nan = np.asarray(load_image(tmp_path / "nan.tif"))
+    # finite range 0..4 -> 0..255 (rounded half up); NaN and +inf -> 0
+    assert pixels.tolist() == [[0, 0, 64], [128, 0, 255]]
+    assert all_nan.shape == (4, 4) and not all_nan.any()

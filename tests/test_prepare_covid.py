@@ -34,13 +34,17 @@ def test_covid_fixture_counts_every_outcome(covid_raw, tmp_path):
     assert report.pairs_in == 7
     assert report.pairs_kept == 2
     assert report.dropped == {
+        "unreadable_report": 0,
         "empty_text": 1,
         "no_findings_impression": 0,
         "too_few_tokens": 1,
         "duplicate_pair": 1,
         "no_image": 0,
-        "missing_image": 1,
+        "image_outside_input": 0,
         "unreadable_image": 1,
+        "image_too_small": 0,
+        "blank_image": 0,
+        "missing_image": 1,
     }
     # Bad files are named with a reason, never a crash.
     assert [m["path"] for m in report.images["missing"]] == [str(covid_raw / "images" / "missing.jpg")]

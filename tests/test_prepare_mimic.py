@@ -149,7 +149,7 @@ def test_mimic_without_metadata_walks_files(mimic_raw, tmp_path):
     report = prepare("mimic-cxr", mimic_raw, tmp_path / "out", val_size=0, workers=1, progress=False)
     assert report.source_stats["images_found"] == 9 and report.pairs_kept == 4
     assert "not found: images found by walking files/" in report.notes[0]
-    with pytest.raises(ConfigError, match=r"--views frontal needs mimic-cxr-2\.0\.0-metadata\.csv\.gz"):
+    with pytest.raises(ConfigError, match=r"views='frontal' needs mimic-cxr-2\.0\.0-metadata\.csv\.gz"):
         prepare("mimic-cxr", mimic_raw, tmp_path / "out2", views="frontal", workers=1, progress=False)
 
 

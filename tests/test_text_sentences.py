@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from convirt.prepare.iu_xray import iter_report_xml, parse_report_xml
+from convirt.prepare.sources.iu_xray import iter_report_xml, parse_report_xml
 from convirt.text.sentences import split_sentences
 from convirt.text.tokenize import count_tokens, has_content, tokenize
 from prepare_fixtures import shared_folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -102,3 +103,22 @@ def test_three_channel_inputs_are_accepted(size: int) -> None:
     assert paper_augmentation(AugmentationParams(output_size=32))(
         torch.randint(0, 256, (size, 64, 64), dtype=torch.uint8)
     ).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 256), (1, 256, 1), (1, 1, 1), (1, 3, 40), (1, 16, 256)])
+def test_augmentation_takes_any_image_size(shape) -> None:
+    torch.manual_seed(0)
+    out = paper_augmentation()(torch.randint(0, 256, shape, dtype=torch.uint8))
+    assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
+
+
+def test_blur_on_a_side_shorter_than_the_kernel_uses_the_taps_that_fit() -> None:
+    row = np.array([0, 0, 255, 0, 0], dtype=np.float64)
+    blurred = gaussian_blur(torch.tensor(row, dtype=torch.float32).view(1, 1, 5), kernel_size=23, sigma=1.0)
+    # width 5: 4 taps each side (reflect padding needs pad < 5); height 1: no blur along it
+    offsets = np.arange(-4, 5)
+    weights = np.exp(-0.5 * offsets**2)
+    weights /= weights.sum()
+    padded = np.pad(row, 4, mode="reflect")
+    expected = [float((padded[i : i + 9] * weights).sum()) for i in range(5)]
+    assert blurred.view(-1).tolist() == pytest.approx(expected, abs=1e-4)

@@ -7,17 +7,23 @@ augmentation work) and repeat it to three channels at the end; ``"RGB"`` is avai
 
 Conversion rules (documented because they change pixel values):
 
-- 16-bit and 32-bit integer or float images are min-max scaled to 0..255 over their own pixel range.
+- 16-bit and 32-bit integer or float images are min-max scaled to 0..255 over the range of their finite pixels;
+  NaN and infinite pixels become 0 (an image with no finite pixel, or a constant one, is all 0).
 - RGBA / LA images are composited onto black (radiograph backgrounds are dark) before conversion.
 - Colour images requested as ``"L"`` are converted with the ITU-R 601-2 luma transform (PIL's default).
 - DICOM (detected by the ``DICM`` marker at byte 128) is decoded with pydicom: modality rescale
   (slope/intercept) applied, MONOCHROME1 inverted so bone is bright, then min-max scaled to 0..255.
+
+Files whose header claims more pixels than PIL decodes without a decompression-bomb warning
+(``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million: 9459 x 9459) are refused with an :class:`ImageLoadError` before
+any pixel is decoded; the largest radiographs are about 4300 x 3500 (15 million pixels).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -44,10 +50,28 @@ def is_dicom(path: str | os.PathLike) -> bool:
 
 def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
     array = array.astype(np.float32)
-    low, high = float(np.nanmin(array)), float(np.nanmax(array))
-    if not np.isfinite(low) or not np.isfinite(high) or high <= low:
+    finite = np.isfinite(array)
+    if not finite.any():
         return np.zeros(array.shape, dtype=np.uint8)
-    return np.clip((array - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    low, high = float(array[finite].min()), float(array[finite].max())
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    scaled = np.clip((np.where(finite, array, low) - low) * (255.0 / (high - low)) + 0.5, 0, 255)
+    return scaled.astype(np.uint8)
+
+
+def open_image(path: str | os.PathLike, data: io.BytesIO | None = None) -> Image.Image:
+    """``PIL.Image.open`` (lazy: the header only) that refuses decompression bombs with an :class:`ImageLoadError`.
+
+    A file over ``PIL.Image.MAX_IMAGE_PIXELS`` is refused rather than decoded with a warning on the console.
+    ``data``: the file's bytes when already read (``path`` then only names it in messages).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(data if data is not None else path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageLoadError(str(path), f"refused, too large to decode safely: {exc}") from exc
 
 
 def dicom_to_array(path: str | os.PathLike) -> np.ndarray:
@@ -115,7 +139,7 @@ def load_image(path: str | os.PathLike, mode: Mode = "L") -> Image.Image:
         try:
             with open(path, "rb") as handle:
                 data = handle.read()
-            image = Image.open(io.BytesIO(data))
+            image = open_image(path, io.BytesIO(data))
             image.load()
         except UnidentifiedImageError as exc:
             raise ImageLoadError(str(path), "not a recognised image format") from exc

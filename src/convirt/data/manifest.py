@@ -118,8 +118,13 @@ def resolve_path(path: str, root: Path) -> str:
 
 
 def report_sentences(text: str) -> list[str]:
-    """Sentences of a manifest ``text`` cell: one per line when prepared, else split with the report splitter."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    """Sentences of a manifest ``text`` cell: one per line when prepared, else split with the report splitter.
+
+    Control characters and simple HTML markup are cleaned out first (:func:`convirt.text.clean.clean_text`), so a
+    hand-written manifest trains on the same clean text as a prepared one."""
+    from convirt.text.clean import clean_text
+
+    lines = [line.strip() for line in clean_text(text).splitlines() if line.strip()]
     if len(lines) > 1:
         return lines
     from convirt.text.sentences import split_sentences

@@ -81,17 +81,28 @@ class RandomGaussianBlur(torch.nn.Module):
         return f"kernel_size={self.kernel_size}, sigma={self.sigma}"
 
 
-def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (C, H, W) image; uint8 in -> uint8 out (rounded), float in -> float out."""
-    half = kernel_size // 2
+def _gaussian_weights(half: int, sigma: float) -> torch.Tensor:
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    weights = weights / weights.sum()
-    channels = image.shape[0]
+    return weights / weights.sum()
+
+
+def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (C, H, W) image; uint8 in -> uint8 out (rounded), float in -> float out.
+
+    Reflect padding needs the padding to be smaller than the side, so along a side shorter than the kernel the
+    kernel is cut to ``2 * (side - 1) + 1`` taps (renormalised); a side of 1 px is not blurred along. Any image
+    size works; on sides longer than ``kernel_size // 2`` this is exactly torchvision's ``GaussianBlur``.
+    """
+    half = kernel_size // 2
+    channels, height, width = image.shape[0], image.shape[-2], image.shape[-1]
+    half_h, half_w = min(half, height - 1), min(half, width - 1)
     x = image.float().unsqueeze(0)
-    x = torch.nn.functional.pad(x, (half, half, half, half), mode="reflect")
-    x = torch.nn.functional.conv2d(x, weights.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    x = torch.nn.functional.conv2d(x, weights.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    x = torch.nn.functional.pad(x, (half_w, half_w, half_h, half_h), mode="reflect")
+    along_w = _gaussian_weights(half_w, sigma).view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    along_h = _gaussian_weights(half_h, sigma).view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    x = torch.nn.functional.conv2d(x, along_w, groups=channels)
+    x = torch.nn.functional.conv2d(x, along_h, groups=channels)
     x = x.squeeze(0)
     if image.dtype == torch.uint8:
         return x.round_().clamp_(0, 255).to(torch.uint8)

@@ -1,11 +1,16 @@
 """The resized image cache: every source image decoded once, resized so its longer side is ``size``, saved.
 
 - Parallel: a process pool (``workers`` processes; ``workers=1`` runs in this process).
-- Resumable and idempotent: a target that already exists is skipped; each target is written to a temporary file
-  and renamed (:func:`convirt.fileio.atomic_open`), so an interrupted run leaves only whole files and a re-run
-  picks up where it stopped. The cache settings (size, format) are recorded in ``.cache.json``; reusing a cache
-  folder with other settings is refused rather than mixing image sizes.
-- Never crashes on a bad file: a missing or undecodable image comes back as a failure with its reason.
+- Resumable and idempotent: each cached image carries the size and modification time of its source file (a PNG
+  text chunk, a JPEG comment); a target whose stamp matches its source is reused, one whose source changed is
+  made again. Each target is written to a temporary file and renamed (:func:`convirt.fileio.atomic_open`), stamp
+  included, so an interrupted run leaves only whole files and a re-run picks up where it stopped. A target
+  without a stamp (a cache made before stamps were kept) is reused when it is newer than its source. The cache
+  settings (size, format) are recorded in ``.cache.json``; reusing a cache folder with other settings is refused
+  rather than mixing image sizes.
+- Never crashes on a bad file: a missing or undecodable image comes back as a failure with its reason, and so
+  does an image too small to train on (shorter side under ``min_side`` pixels in the source or in the cache) or
+  a blank one (every pixel the same value: a 1x1, constant or all-NaN image). Failures are never cached.
 
 Images are stored as 8-bit grey ("L"), which is what the training pipelines load (radiographs are monochrome;
 colour screenshots are converted with the ITU-R 601-2 luma transform by :func:`convirt.data.images.load_image`).
@@ -23,14 +28,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from convirt.data.images import load_image, resize_longer_side
+from convirt.data.images import load_image, open_image, resize_longer_side
 from convirt.errors import ConfigError
 from convirt.fileio import atomic_open, atomic_write_json
 
 IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg"}
 SETTINGS_FILE = ".cache.json"
+STAMP_KEY = "convirt-source"  # PNG text chunk with "<source size> <source mtime_ns>"; JPEG: the comment
+FAILURES = ("missing", "unreadable", "too_small", "blank")
 
 
 @dataclass(frozen=True)
@@ -53,13 +60,25 @@ class CacheSettings:
 
 @dataclass
 class CacheResult:
-    """Outcome of :func:`build_cache`: per-source status and the failures by path."""
+    """Outcome of :func:`build_cache`: counts, and each failed source with its kind and reason."""
 
-    written: int = 0
-    skipped: int = 0
-    missing: dict[str, str] = field(default_factory=dict)  # source path -> reason
-    unreadable: dict[str, str] = field(default_factory=dict)  # source path -> reason
+    written: int = 0  # made now (new, or replacing a stale one)
+    skipped: int = 0  # already cached from the same source file
+    recached: int = 0  # of ``written``: made again because the source file changed
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # source path -> (kind in FAILURES, reason)
     seconds: float = 0.0
+
+    def of_kind(self, kind: str) -> dict[str, str]:
+        """Failed sources of one kind (``missing``, ``unreadable``, ``too_small``, ``blank``) -> reason."""
+        return {path: reason for path, (k, reason) in self.failed.items() if k == kind}
+
+    @property
+    def missing(self) -> dict[str, str]:
+        return self.of_kind("missing")
+
+    @property
+    def unreadable(self) -> dict[str, str]:
+        return self.of_kind("unreadable")
 
 
 def target_names(sources: Sequence[Path], image_root: Path, extension: str) -> dict[Path, str]:
@@ -107,18 +126,19 @@ def _check_settings(cache_dir: Path, settings: CacheSettings) -> None:
         if found != wanted:
             raise ConfigError(
                 f"image cache {cache_dir} was made with settings {found}, not {wanted}; prepare into another "
-                "--output folder, or delete that images folder to rebuild it"
+                "output folder, or delete that images folder to rebuild it"
             )
     else:
         atomic_write_json(path, wanted)
 
 
-def _load_jpeg_draft(source: str, size: int) -> Image.Image | None:
-    """A JPEG decoded straight at the smallest DCT scale whose longer side is still >= ``size``; None if not JPEG."""
+def _load_jpeg_draft(source: str, size: int) -> tuple[Image.Image, tuple[int, int]] | None:
+    """A JPEG decoded straight at the smallest DCT scale whose longer side is still >= ``size``, and its full size;
+    None if not a JPEG."""
     with open(source, "rb") as handle:
         if handle.read(3) != b"\xff\xd8\xff":
             return None
-    image = Image.open(source)
+    image = open_image(source)
     if image.mode not in ("L", "RGB"):
         return None  # CMYK and friends: the general path converts them
     width, height = image.size
@@ -126,36 +146,93 @@ def _load_jpeg_draft(source: str, size: int) -> Image.Image | None:
     if scale < 1:
         image.draft("L", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
     image.load()
-    return image if image.mode == "L" else image.convert("L")
+    return (image if image.mode == "L" else image.convert("L")), (width, height)
 
 
-def load_for_cache(source: str, size: int, jpeg_draft: bool = True) -> Image.Image:
-    """The grey image to cache for ``source``: :func:`load_image` (by content), or the JPEG draft fast path."""
+def load_for_cache(source: str, size: int, jpeg_draft: bool = True) -> tuple[Image.Image, tuple[int, int]]:
+    """The grey image to cache for ``source`` and the source's size in pixels: :func:`load_image` (by content), or
+    the JPEG draft fast path."""
     if jpeg_draft:
         try:
-            image = _load_jpeg_draft(source, size)
-        except Exception:  # a damaged JPEG: let load_image decide and name the reason
-            image = None
-        if image is not None:
-            return image
-    return load_image(source, "L")
+            loaded = _load_jpeg_draft(source, size)
+        except Exception:  # a damaged JPEG or a refused one: let load_image decide and name the reason
+            loaded = None
+        if loaded is not None:
+            return loaded
+    image = load_image(source, "L")
+    return image, image.size
 
 
-def resize_one(task: tuple[str, str, int, str, int, bool]) -> tuple[str, str, str]:
-    """Worker: load, resize and save one image. Returns (source, status, reason); status ok/missing/unreadable."""
-    source, target, size, image_format, quality, jpeg_draft = task
+def source_stamp(source: str) -> str:
+    """What a cached image remembers of its source file: its size and modification time."""
+    status = os.stat(source)
+    return f"{status.st_size} {status.st_mtime_ns}"
+
+
+def read_stamp(target: str) -> str | None:
+    """The source stamp stored in a cached image; None when it has none, "" when the file cannot be opened."""
+    try:
+        with Image.open(target) as image:
+            value = image.info.get(STAMP_KEY, image.info.get("comment"))
+    except Exception:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    return value
+
+
+def is_current(source: str, target: str, stamp: str) -> bool:
+    """True when ``target`` was cached from the source file as it is now (same stamp; or, for a target with no
+    stamp, a target newer than its source)."""
+    if not os.path.isfile(target) or os.path.getsize(target) == 0:
+        return False
+    found = read_stamp(target)
+    if found is None:
+        return os.stat(target).st_mtime_ns >= os.stat(source).st_mtime_ns
+    return found == stamp
+
+
+def check_size(full: tuple[int, int], cached: tuple[int, int], min_side: int) -> str | None:
+    """Why an image is too small to train on, or None: its shorter side is under ``min_side`` pixels in the source
+    or in the cache (a thin strip: the longer side resized to the cache size leaves under ``min_side``)."""
+    if min(full) < min_side:
+        return f"{full[0]} x {full[1]} px: shorter side under {min_side} px"
+    if min(cached) < min_side:
+        return f"{full[0]} x {full[1]} px, cached as {cached[0]} x {cached[1]}: shorter side under {min_side} px"
+    return None
+
+
+def resize_one(task: tuple[str, str, int, str, int, bool, int]) -> tuple[str, str, str]:
+    """Worker: reuse, or load, check, resize and save one image. Returns (source, status, reason); status is
+    ``cached`` (reused), ``ok`` (made), ``recached`` (made again: the source changed) or a kind of FAILURES."""
+    source, target, size, image_format, quality, jpeg_draft, min_side = task
     try:
         if not os.path.isfile(source):
             return source, "missing", "file not found"
-        image = resize_longer_side(load_for_cache(source, size, jpeg_draft), size)
+        stamp = source_stamp(source)
+        stale = os.path.isfile(target)
+        if stale and is_current(source, target, stamp):
+            return source, "cached", ""
+        if stale:
+            os.unlink(target)  # never serve the old pixels, whatever happens next
+        image, full = load_for_cache(source, size, jpeg_draft)
+        resized = resize_longer_side(image, size)
+        too_small = check_size(full, resized.size, min_side)
+        if too_small:
+            return source, "too_small", too_small
+        low, high = image.getextrema()
+        if low == high:
+            return source, "blank", f"every pixel has the value {low} (a constant, empty or all-NaN image)"
         buffer = io.BytesIO()
         if image_format == "jpeg":
-            image.save(buffer, format="JPEG", quality=quality)
+            resized.save(buffer, format="JPEG", quality=quality, comment=stamp.encode("ascii"))
         else:
-            image.save(buffer, format="PNG", compress_level=6)
+            info = PngImagePlugin.PngInfo()
+            info.add_text(STAMP_KEY, stamp)
+            resized.save(buffer, format="PNG", compress_level=6, pnginfo=info)
         with atomic_open(target, "wb") as handle:
             handle.write(buffer.getvalue())
-        return source, "ok", ""
+        return source, "recached" if stale else "ok", ""
     except Exception as exc:  # any decoder error marks this file unreadable; never ends the run
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         return source, "unreadable", str(reason)
@@ -169,8 +246,13 @@ def build_cache(
     workers: int = 1,
     progress: bool | None = None,
     on_result: Callable[[str, str, str], None] | None = None,
+    min_side: int = 0,
 ) -> CacheResult:
-    """Resize every source into ``cache_dir/<target>``, skipping targets that already exist."""
+    """Resize every source into ``cache_dir/<target>``, reusing targets cached from the same source file.
+
+    ``min_side``: images whose shorter side is under this many pixels (in the source or in the cache) fail as
+    ``too_small``.
+    """
     import time
 
     from tqdm import tqdm
@@ -183,27 +265,17 @@ def build_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(cache_dir, settings)
     result = CacheResult()
-    tasks: list[tuple[str, str, int, str, int, bool]] = []
+    tasks: list[tuple[str, str, int, str, int, bool, int]] = []
     for source in sources:
-        target = cache_dir / targets[source]
         if not os.path.isfile(source):
-            result.missing[str(source)] = "file not found"
+            result.failed[str(source)] = ("missing", "file not found")
             continue
-        if target.is_file() and target.stat().st_size > 0:
-            result.skipped += 1
-            continue
-        task = (
-            str(source),
-            str(target),
-            settings.size,
-            settings.image_format,
-            settings.jpeg_quality,
-            settings.jpeg_draft,
-        )
-        tasks.append(task)
+        target = str(cache_dir / targets[source])
+        s = settings
+        tasks.append((str(source), target, s.size, s.image_format, s.jpeg_quality, s.jpeg_draft, int(min_side)))
     workers = max(1, min(int(workers), len(tasks) or 1))
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=len(tasks), desc="resizing images", unit="img", disable=not show, file=sys.stderr)
+    bar = tqdm(total=len(tasks), desc="caching images", unit="img", disable=not show, file=sys.stderr)
     try:
         if workers == 1:
             outcomes = map(resize_one, tasks)
@@ -220,12 +292,13 @@ def build_cache(
 
 def _collect(outcomes, result: CacheResult, bar, on_result) -> None:
     for source, status, reason in outcomes:
-        if status == "ok":
+        if status == "cached":
+            result.skipped += 1
+        elif status in ("ok", "recached"):
             result.written += 1
-        elif status == "missing":
-            result.missing[source] = reason
+            result.recached += status == "recached"
         else:
-            result.unreadable[source] = reason
+            result.failed[source] = (status, reason)
         if on_result is not None:
             on_result(source, status, reason)
         bar.update(1)

@@ -12,13 +12,26 @@ from convirt.fileio import atomic_write_json
 
 # Why a pair is dropped, checked in this order (a pair is counted once, under the first reason that applies).
 DROP_REASONS: dict[str, str] = {
+    "unreadable_report": "the study's report file cannot be read (e.g. an IU X-ray XML file that is not XML)",
     "empty_text": "no report text at all",
-    "no_findings_impression": "no Findings or Impression section (or whichever --sections were asked for)",
-    "too_few_tokens": "kept text has fewer than --min-tokens tokens",
+    "no_findings_impression": "no Findings or Impression section (or whichever sections were asked for)",
+    "too_few_tokens": "kept text has fewer than min_tokens tokens",
     "duplicate_pair": "same images and same text as an earlier pair (kept once)",
     "no_image": "the study lists no image",
-    "missing_image": "every image of the study is missing on disk",
-    "unreadable_image": "every image of the study exists but cannot be decoded",
+    # None of the study's images is usable; the first of these that applies to one of its images:
+    "image_outside_input": "an image path leads outside the input folders and strict_paths=True refuses it",
+    "unreadable_image": "an image file exists but cannot be decoded (or is too large to decode safely)",
+    "image_too_small": "an image's shorter side is under min_image_size pixels (in the file or in the cache)",
+    "blank_image": "an image has one value in every pixel (1x1, constant, empty or all-NaN)",
+    "missing_image": "the image files are missing on disk",
+}
+# Per-image failures (kind in the report's ``images`` section) -> the pair's drop reason, in DROP_REASONS order.
+IMAGE_FAILURES: dict[str, str] = {
+    "outside_input": "image_outside_input",
+    "unreadable": "unreadable_image",
+    "too_small": "image_too_small",
+    "blank": "blank_image",
+    "missing": "missing_image",
 }
 
 
@@ -100,12 +113,25 @@ class PrepareReport:
             )
         images = self.images
         if images:
+            recached = f" ({images['recached']} because the source changed)" if images.get("recached") else ""
             add(
                 "images",
-                f"{images.get('unique', 0)} referenced, {images.get('written', 0)} resized now, "
+                f"{images.get('unique', 0)} referenced, {images.get('written', 0)} resized now{recached}, "
                 f"{images.get('skipped', 0)} already cached, {len(images.get('missing', []))} missing, "
                 f"{len(images.get('unreadable', []))} unreadable",
             )
+            outside = "refused" if self.settings.get("strict_paths") else "read anyway"
+            checks = [
+                f"{len(images[kind])} {label}"
+                for kind, label in (
+                    ("too_small", "too small"),
+                    ("blank", "blank"),
+                    ("outside_input", f"outside the input folders ({outside})"),
+                )
+                if images.get(kind)
+            ]
+            if checks:
+                add("images also", ", ".join(checks))
         for label, stats in (
             ("images per pair", self.images_per_pair),
             ("sentences per pair", self.sentences_per_pair),
@@ -121,10 +147,10 @@ class PrepareReport:
         add("time", f"{self.seconds:.1f} s")
         width = max(len(label) for label, _ in rows)
         lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
-        for kind in ("missing", "unreadable"):
+        for kind in ("missing", "unreadable", "too_small", "blank", "outside_input"):
             entries = images.get(kind, []) if images else []
             if entries:
-                lines.append(f"{kind} images ({len(entries)}):")
+                lines.append(f"{kind.replace('_', ' ')} images ({len(entries)}):")
                 lines.extend(f"  {e['path']}: {e['reason']}" for e in entries[:max_names])
                 if len(entries) > max_names:
                     lines.append(f"  ... and {len(entries) - max_names} more (see prepare_report.json)")

@@ -78,7 +78,7 @@ def assign_splits(
     n_test = resolve_size(test_size, total, "test size")
     if n_val + n_test > total:
         raise ConfigError(
-            f"val size {n_val} + test size {n_test} pairs exceed the {total} pairs kept; lower --val-size/--test-size"
+            f"val size {n_val} + test size {n_test} pairs exceed the {total} pairs kept; lower val_size or test_size"
         )
     order: dict[str, int] = {}
     counts: dict[str, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from convirt.text.clean import clean_text
 from convirt.text.sections import DEFAULT_SECTIONS, extract_sections, select_sections
 from convirt.text.sentences import split_sentences
 from convirt.text.tokenize import count_tokens
@@ -33,15 +34,17 @@ def process_text(
     dropped); ``whole`` keeps the whole text; ``auto`` keeps ``sections`` when the report has a recognised section
     header and the whole text otherwise. Sections are split separately, so a section end is a sentence end.
     """
+    text = clean_text(pair.text)
     if pair.sections is not None:
-        found = {k: v for k, v in pair.sections.items() if str(v).strip()}
+        found = {k: clean_text(v) for k, v in pair.sections.items()}
+        found = {k: v for k, v in found.items() if v.strip()}
         # For given sections (table columns), "auto" keeps the wanted ones when the layout has any of them at all.
         wanted = None if sections is None else {str(n).lower() for n in sections}
         has_headers = wanted is None or "all" in wanted or bool(set(pair.sections) & wanted)
         raw_empty = not found
     else:
-        raw_empty = not pair.text.strip()
-        parsed = extract_sections(pair.text)
+        raw_empty = not text.strip()
+        parsed = extract_sections(text)
         found = parsed.sections
         has_headers = bool(parsed.headers)
     has_findings = bool(found.get("findings", "").strip())
@@ -49,7 +52,7 @@ def process_text(
     if raw_empty:
         return ProcessedText([], "empty_text", False, False, 0)
     if text_mode == "whole" or (text_mode == "auto" and not has_headers):
-        chunks = [pair.text] if pair.sections is None else select_sections(found, None)
+        chunks = [text] if pair.sections is None else select_sections(found, None)
     else:
         chunks = select_sections(found, sections)
         if not chunks:

@@ -11,6 +11,8 @@ A report is cut at its section headers. A header is
   sub-headings (``LUNGS: Clear.``) and stay part of the text;
 - a title line without a colon: ``FINAL REPORT``, ``PRELIMINARY REPORT``, ``ADDENDUM``, ``WET READ``.
 
+The text is cleaned first (:func:`convirt.text.clean.clean_text`: control characters removed, simple HTML markup
+turned into plain text), so ``<b>FINDINGS:</b>`` and ``<p>IMPRESSION:</p>`` are headers like ``FINDINGS:``.
 Text before the first header is the ``preamble``. Each header maps to a canonical name (``findings``,
 ``impression``, ``indication``, ``comparison``, ``examination``, ``technique``, ``history``, ``wet_read``, ...);
 a combined ``FINDINGS AND IMPRESSION:`` header maps to ``findings``. Repeated sections are concatenated with a
@@ -22,6 +24,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from convirt.text.clean import clean_text
 
 DEFAULT_SECTIONS = ("findings", "impression")
 
@@ -154,7 +158,7 @@ def _header_matches(text: str) -> list[tuple[int, int, str, str]]:
 
 def extract_sections(text: str) -> ReportSections:
     """Cut a free-text report into canonical sections (see the module notes for the header rules)."""
-    text = str(text).replace("\r\n", "\n").replace("\r", "\n")
+    text = clean_text(text)
     result = ReportSections()
     pieces: list[tuple[str, str]] = []
     current, position = "preamble", 0

@@ -2,11 +2,13 @@
 
 Rules, in order (each is tested on real IU X-ray text in ``tests/test_text_*.py``):
 
+0. The text is cleaned first (:func:`convirt.text.clean.clean_text`): control characters and ANSI escapes are
+   removed, simple HTML markup becomes plain text (``<br>`` a line break, ``<p>`` a paragraph).
 1. Line structure first. A blank line ends a sentence (report paragraphs), and so does a line that starts with a
    list marker ("1.", "2)", "-", "*", "•"), the usual shape of numbered impressions. Any other line break is a hard
    wrap inside a sentence (MIMIC wraps its reports at ~80 columns) and becomes a space.
 2. Inline list markers ("... scarring. 2. Probably ...", "IMPRESSION: 1. No ...", "2.No evidence") start a new
-   sentence; the marker itself is removed from the sentence. HTML line breaks ("<BR>") count as line breaks.
+   sentence; the marker itself is removed from the sentence.
 3. A sentence ends at ".", "!" or "?" followed by white space and an upper-case letter, a digit, an opening quote
    or bracket, or a de-identification mark ("XXXX", "___"); in text with no upper-case letter at all (lower-cased
    exports) a lower-case letter also starts a sentence. A period glued to the next word ("apex.There") ends a
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import re
 
+from convirt.text.clean import clean_text
 from convirt.text.tokenize import has_content
 
 # Abbreviations after which a period never ends a sentence (compared lower-case, without the final period).
@@ -42,7 +45,6 @@ _LIST_MARKER = r"(?:\(?\d{1,2}[.)]|[-*•·])"
 _LINE_LIST_START = re.compile(rf"\n[ \t]*(?={_LIST_MARKER}[ \t]+\S)")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n\s*")
 _LEADING_MARKER = re.compile(rf"^(?:{_LIST_MARKER}\s+(?=\S)|\(?\d{{1,2}}[.)](?=[A-Z][a-z]))")
-_HTML_BREAK = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
 # An inline numbered-list marker after a sentence end or a colon: "...scarring. 2. Probably", "IMPRESSION: 1. No".
 _INLINE_NUMBER = re.compile(r"(?<=[.;:!?])\s+(?=\(?\d{1,2}[.)]\s+[A-Za-z_])")
 # Candidate boundaries: punctuation + space + a sentence start; or a period glued to a capitalised word.
@@ -111,7 +113,7 @@ def _split_line(text: str) -> list[str]:
 
 def split_sentences(text: str) -> list[str]:
     """Split report ``text`` into sentences: stripped, list markers removed, content-free pieces dropped."""
-    text = _HTML_BREAK.sub("\n", str(text).replace("\r\n", "\n").replace("\r", "\n"))
+    text = clean_text(text)
     if not text.strip():
         return []
     text = _BLANK_LINE.sub(_SEPARATOR, text.strip())

@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError
 
-from .types import RawPair, SourceData
+from ..tables import read_source_table
+from ..types import PrepareSource, RawPair, ReadSettings, SourceData
 
 FRONTAL_VIEWS = frozenset({"PA", "AP", "AP SUPINE", "AP ERECT", "AP SEMI ERECT"})
 REQUIRED = ("patientid", "view", "modality", "filename", "clinical_notes")
@@ -34,17 +35,16 @@ def _norm(value: str) -> str:
     return re.sub(r"\s+", " ", str(value)).strip()
 
 
-def read_covid(input_dir: Path, views: str = "frontal", modalities: tuple[str, ...] = ("X-ray",)) -> SourceData:
+def read_covid(input_dir: Path, settings: ReadSettings, modalities: tuple[str, ...] = ("X-ray",)) -> SourceData:
     """Read the collection at ``input_dir`` into studies (see the module notes for the grouping rule)."""
-    if views not in ("frontal", "all"):
-        raise ConfigError(f"--views must be 'frontal' or 'all', not {views!r}")
+    views = settings.views
     metadata = input_dir / "metadata.csv"
     if not metadata.is_file():
         raise ConfigError(
-            f"{metadata} not found: --input must be the folder of the COVID-19 image data collection "
+            f"{metadata} not found: the input must be the folder of the COVID-19 image data collection "
             "(with metadata.csv and images/)"
         )
-    frame = read_table(metadata)
+    frame = read_source_table(metadata, settings)
     require_columns(frame, REQUIRED, f"COVID-19 metadata {metadata}")
     rows_in = len(frame)
     wanted_modalities = {m.lower() for m in modalities}
@@ -87,4 +87,14 @@ def read_covid(input_dir: Path, views: str = "frontal", modalities: tuple[str, .
         "rows_after_view_filter": rows_view,
         "studies": len(pairs),
     }
-    return SourceData(pairs=pairs, image_root=input_dir / "images", text_mode="whole", stats=stats)
+    return SourceData(pairs=pairs, image_root=input_dir / "images", stats=stats)
+
+
+SOURCE = PrepareSource(
+    name="covid-chestxray",
+    summary="COVID-19 image data collection: metadata.csv + images/ (text = clinical notes)",
+    read=read_covid,
+    views="frontal",
+    val_size=0.1,
+    text_mode="whole",
+)

@@ -23,10 +23,11 @@ import re
 import zipfile
 from pathlib import Path
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError
 
-from .types import RawPair, SourceData
+from ..tables import read_source_table
+from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
@@ -49,7 +50,8 @@ def _study_dir(root: Path, subject: str, study: str) -> Path:
 class _ReportStore:
     """Report text by (subject, study) from the image tree, a reports folder, or mimic-cxr-reports.zip."""
 
-    def __init__(self, input_dir: Path, reports: Path | None) -> None:
+    def __init__(self, input_dir: Path, reports: Path | None, encoding: str = "utf-8") -> None:
+        self.encoding = encoding
         self.roots: list[Path] = []
         self.zip_names: dict[tuple[str, str], str] = {}
         self.archive: zipfile.ZipFile | None = None
@@ -61,7 +63,7 @@ class _ReportStore:
                     self.zip_names[(match.group(2), match.group(3))] = name
         elif reports is not None:
             if not reports.is_dir():
-                raise ConfigError(f"--reports {reports} is neither a folder nor mimic-cxr-reports.zip")
+                raise ConfigError(f"MIMIC-CXR reports {reports} are neither a folder nor mimic-cxr-reports.zip")
             self.roots.append(reports)
         self.roots.append(input_dir)
 
@@ -69,12 +71,12 @@ class _ReportStore:
         if self.archive is not None:
             name = self.zip_names.get((subject, study))
             if name is not None:
-                return self.archive.read(name).decode("utf-8", errors="replace")
+                return self.archive.read(name).decode(self.encoding, errors="replace")
         for root in self.roots:
             for base in (root / "files", root):
                 path = base / f"p{subject[:2]}" / f"p{subject}" / f"s{study}.txt"
                 if path.is_file():
-                    return path.read_text(encoding="utf-8", errors="replace")
+                    return path.read_text(encoding=self.encoding, errors="replace")
         return None
 
 
@@ -111,32 +113,31 @@ def _walk_images(input_dir: Path) -> list[dict[str, str]]:
 
 def read_mimic(
     input_dir: Path,
-    views: str = "all",
+    settings: ReadSettings,
     reports_dir: str | os.PathLike | None = None,
 ) -> SourceData:
     """Read MIMIC-CXR-JPG + reports at ``input_dir`` into one study per report (see the module notes)."""
-    if views not in ("frontal", "all"):
-        raise ConfigError(f"--views must be 'frontal' or 'all', not {views!r}")
+    views = settings.views
     if not (input_dir / "files").is_dir():
         raise ConfigError(
-            f"{input_dir} has no files/ folder: --input must be the MIMIC-CXR-JPG root (with files/pXX/..., "
+            f"{input_dir} has no files/ folder: the input must be the MIMIC-CXR-JPG root (with files/pXX/..., "
             f"{METADATA} and {SPLIT})"
         )
     notes: list[str] = []
     metadata_path = _find_table(input_dir, METADATA)
     if metadata_path is not None:
-        metadata = read_table(metadata_path)
+        metadata = read_source_table(metadata_path, settings)
         require_columns(metadata, ("dicom_id", "subject_id", "study_id", "ViewPosition"), f"metadata {metadata_path}")
         rows = metadata.to_dict("records")
     else:
         if views == "frontal":
-            raise ConfigError(f"--views frontal needs {METADATA} (view positions) in {input_dir}")
+            raise ConfigError(f"views='frontal' needs {METADATA} (view positions) in {input_dir}")
         rows = _walk_images(input_dir)
         notes.append(f"{METADATA} not found: images found by walking files/ ({len(rows)} images)")
     split_path = _find_table(input_dir, SPLIT)
     official: dict[str, str] = {}
     if split_path is not None:
-        split_table = read_table(split_path)
+        split_table = read_source_table(split_path, settings)
         require_columns(split_table, ("study_id", "split"), f"split file {split_path}")
         for study, split in zip(split_table["study_id"], split_table["split"], strict=True):
             official[study.strip()] = SPLIT_NAMES.get(split.strip().lower(), split.strip())
@@ -164,7 +165,7 @@ def read_mimic(
         pair.images.append(_image_path(input_dir, subject, study, row["dicom_id"].strip()))
         pair.meta["view_positions"] = "|".join(filter(None, [pair.meta["view_positions"], position or "?"]))
 
-    store = _ReportStore(input_dir, Path(reports_dir) if reports_dir else None)
+    store = _ReportStore(input_dir, Path(reports_dir) if reports_dir else None, settings.encoding)
     n_reports = 0
     for (subject, study), pair in studies.items():
         text = store.text(subject, study)
@@ -179,4 +180,21 @@ def read_mimic(
         "studies_with_report": n_reports,
         "official_split": "yes" if official else "no split file",
     }
-    return SourceData(pairs=pairs, image_root=input_dir, text_mode="sections", stats=stats, notes=notes)
+    return SourceData(pairs=pairs, image_root=input_dir, stats=stats, notes=notes)
+
+
+SOURCE = PrepareSource(
+    name="mimic-cxr",
+    summary="MIMIC-CXR-JPG v2 folder (files/pXX/pXXXXXXXX/sXXXXXXXX/*.jpg, mimic-cxr-2.0.0-metadata.csv.gz,\n"
+    "mimic-cxr-2.0.0-split.csv.gz) with the MIMIC-CXR reports (files/pXX/pXXXXXXXX/sXXXXXXXX.txt,\n"
+    "in the same tree or in --reports DIR)",
+    read=read_mimic,
+    views="all",
+    val_size=5000,  # the paper's 5000 validation pairs
+    text_mode="sections",
+    options=(
+        SourceOption(
+            "reports_dir", "--reports", "folder of the report .txt files or mimic-cxr-reports.zip (default: --input)"
+        ),
+    ),
+)

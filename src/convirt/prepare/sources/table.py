@@ -22,16 +22,19 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError, ManifestError
 from convirt.text.sections import canonical_section
 
-from .types import RawPair, SourceData
+from ..tables import read_source_table, read_text
+from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 IMAGE_DEFAULTS = ("images", "image", "image_path", "image_paths", "path", "paths", "filename", "file")
 TEXT_DEFAULTS = ("text", "report", "report_text", "reports")
@@ -60,7 +63,7 @@ def _find_table(input_dir: Path, table: str | os.PathLike | None, table_format: 
         path = Path(table)
         path = path if path.is_absolute() or path.exists() else input_dir / path
         if not path.is_file():
-            raise ConfigError(f"--table {path} not found")
+            raise ConfigError(f"table {path} not found")
         return path
     if input_dir.is_file():
         return input_dir
@@ -68,29 +71,25 @@ def _find_table(input_dir: Path, table: str | os.PathLike | None, table_format: 
     if len(found) != 1:
         listed = [p.name for p in found] or "none"
         raise ConfigError(
-            f"--input {input_dir} is a folder with {len(found)} {table_format} tables ({listed}); pass the table "
-            "itself as --input or name it with --table"
+            f"input folder {input_dir} holds {len(found)} {table_format} tables ({listed}); give the table itself as "
+            "the input, or name it: table=NAME"
         )
     return found[0]
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(path: Path, encoding: str) -> pd.DataFrame:
     """JSON Lines with lists kept as lists (pandas would turn them into strings)."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
     records = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path} line {number} is not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise ManifestError(f"{path} line {number} is not a JSON object")
-            records.append(record)
+    for number, line in enumerate(read_text(path, encoding).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path} line {number} is not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise ManifestError(f"{path} line {number} is not a JSON object")
+        records.append(record)
     frame = pd.DataFrame.from_records(records)
 
     def clean(value: Any) -> Any:
@@ -122,7 +121,7 @@ def _pick(
     if required:
         raise ManifestError(
             f"{source} has no {what} column (looked for {list(defaults)}); it has {list(frame.columns)}. "
-            f"Name it with --{what}-column."
+            f"Name it: {what}_column{'s' if what in ('image', 'text') else ''}=NAME."
         )
     return []
 
@@ -146,8 +145,8 @@ def _split_cell(value: Any, separator: str | None) -> list[str]:
 
 def read_pairs_table(
     input_dir: Path,
+    settings: ReadSettings,
     table_format: str = "csv",
-    views: str = "all",
     table: str | os.PathLike | None = None,
     image_columns: Sequence[str] | str | None = None,
     text_columns: Sequence[str] | str | None = None,
@@ -159,11 +158,10 @@ def read_pairs_table(
     images_dir: str | os.PathLike | None = None,
 ) -> SourceData:
     """Read a table of pairs into studies (see the module notes for column defaults and grouping)."""
-    if views not in ("frontal", "all"):
-        raise ConfigError(f"--views must be 'frontal' or 'all', not {views!r}")
+    views = settings.views
     path = _find_table(input_dir, table, table_format)
     is_jsonl = path.name.lower().endswith(TABLE_SUFFIXES["jsonl"])
-    frame = _read_jsonl(path) if is_jsonl else read_table(path)
+    frame = _read_jsonl(path, settings.encoding) if is_jsonl else read_source_table(path, settings)
     source = f"table {path}"
     image_cols = _pick(frame, image_columns, IMAGE_DEFAULTS, "image", source, True)
     text_cols = _pick(frame, text_columns, TEXT_DEFAULTS, "text", source, True)
@@ -177,6 +175,8 @@ def read_pairs_table(
     notes = []
     if not patient_cols:
         notes.append("no patient column: every study is its own patient, so the split is by study")
+    if frame.attrs.get("delimiter", ",") != "," and not settings.delimiter and not path.name.lower().endswith(".tsv"):
+        notes.append(f"table {path.name}: delimiter {frame.attrs['delimiter']!r} detected from the header line")
 
     rows_in = len(frame)
     studies: dict[str, RawPair] = {}
@@ -228,4 +228,35 @@ def read_pairs_table(
         stats["rows_after_view_filter"] = rows_view
     if conflicts:
         notes.append(f"{len(conflicts)} studies have rows with different texts; the first non-empty text was used")
-    return SourceData(pairs=pairs, image_root=root, text_mode="auto", stats=stats, notes=notes)
+    return SourceData(pairs=pairs, image_root=root, stats=stats, notes=notes)
+
+
+TABLE_OPTIONS = (
+    SourceOption("table", "--table", "the table file when --input is a folder"),
+    SourceOption("image_columns", "--image-column", "image column(s)", repeatable=True),
+    SourceOption(
+        "text_columns",
+        "--text-column",
+        "text column(s); several columns become sections named after them, e.g. findings and impression",
+        repeatable=True,
+    ),
+    SourceOption("image_separator", "--image-separator", "separator inside an image cell (default: '|', else ';')"),
+    SourceOption("patient_column", "--patient-column", "patient id column (default: one patient per study)"),
+    SourceOption("study_column", "--study-column", "study id column (default: row number)"),
+    SourceOption("split_column", "--split-column", "column with train/val(idate)/test for --split official"),
+    SourceOption("view_column", "--view-column", "view column for --views frontal"),
+    SourceOption("images_dir", "--images", "folder image paths are resolved against (default: the table's folder)"),
+)
+_TABLE_SUMMARY = (
+    "any table of pairs: --input TABLE (or a folder holding it, with --table NAME), with\n"
+    "--image-column/--text-column naming the columns"
+)
+CSV_SOURCE = PrepareSource(
+    name="csv",
+    summary=_TABLE_SUMMARY,
+    read=read_pairs_table,
+    text_mode="auto",
+    options=TABLE_OPTIONS,
+    fixed=MappingProxyType({"table_format": "csv"}),
+)
+JSONL_SOURCE = replace(CSV_SOURCE, name="jsonl", fixed=MappingProxyType({"table_format": "jsonl"}))

@@ -17,6 +17,7 @@ the CSV export says which image is frontal, so ``views="frontal"`` needs the CSV
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import tarfile
@@ -24,10 +25,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from convirt.data.manifest import read_table, require_columns
+from convirt.data.manifest import require_columns
 from convirt.errors import ConfigError, ManifestError
+from convirt.text.clean import strip_controls
 
-from .types import RawPair, SourceData
+from ..tables import read_source_table
+from ..types import PrepareSource, RawPair, ReadSettings, SourceData, SourceOption
 
 XML_SECTIONS = {
     "FINDINGS": "findings",
@@ -37,6 +40,7 @@ XML_SECTIONS = {
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff")
 _CXR_PREFIX = re.compile(r"^CXR\d+_", re.IGNORECASE)
+_XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)[\"']")
 
 
 def _image_keys(name: str) -> list[str]:
@@ -77,10 +81,24 @@ def _find(index: dict[str, Path], name: str) -> Path | None:
     return None
 
 
-def parse_report_xml(data: bytes | str, source: str = "report") -> tuple[str, dict[str, str], list[str]]:
-    """(uid, sections in report order, image ids) of one Open-i XML report."""
+def _xml_text(data: bytes, source: str) -> str:
+    """An XML file's text, decoded with the encoding its declaration names (default UTF-8)."""
+    match = _XML_ENCODING.match(data)
+    encoding = match.group(1).decode("ascii") if match else "utf-8"
     try:
-        root = ET.fromstring(data)
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"IU X-ray report {source} is not valid {encoding} text ({exc})") from exc
+
+
+def parse_report_xml(data: bytes | str, source: str = "report") -> tuple[str, dict[str, str], list[str]]:
+    """(uid, sections in report order, image ids) of one Open-i XML report.
+
+    Control characters (which XML forbids, and exports sometimes carry) are removed before parsing; a file that
+    is still not XML raises a :class:`ManifestError` naming it."""
+    text = strip_controls(data if isinstance(data, str) else _xml_text(data, source))
+    try:
+        root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise ManifestError(f"IU X-ray report {source} is not valid XML ({exc})") from exc
     uid_node = root.find("uId")
@@ -135,14 +153,13 @@ def find_reports(input_dir: Path) -> Path | None:
 
 def read_iu_xray(
     input_dir: Path,
-    views: str = "all",
+    settings: ReadSettings,
     reports: str | os.PathLike | None = None,
     images_dir: str | os.PathLike | None = None,
     iu_format: str = "auto",
 ) -> SourceData:
     """Read the Open-i XML release (preferred when present) or the CSV export at ``input_dir``."""
-    if views not in ("frontal", "all"):
-        raise ConfigError(f"--views must be 'frontal' or 'all', not {views!r}")
+    views = settings.views
     if iu_format not in ("auto", "xml", "csv"):
         raise ConfigError(f"iu_format must be auto, xml or csv, not {iu_format!r}")
     image_root = Path(images_dir) if images_dir else input_dir
@@ -152,28 +169,33 @@ def read_iu_xray(
     if iu_format == "auto" and not use_xml and not csv_reports.is_file():
         if xml_source is not None and views == "frontal":
             raise ConfigError(
-                "the IU X-ray XML release does not say which image is frontal; use --views all, or the CSV export "
+                "the IU X-ray XML release does not say which image is frontal; use views='all', or the CSV export "
                 "(indiana_reports.csv + indiana_projections.csv), which has a projection per image"
             )
         raise ConfigError(
             f"no IU X-ray reports found in {input_dir}: expected ecgen-radiology/*.xml, NLMCXR_reports.tgz, or "
-            "indiana_reports.csv + indiana_projections.csv (or pass --reports)"
+            "indiana_reports.csv + indiana_projections.csv (or name the reports: reports=PATH)"
         )
     index = index_images(image_root)
     if use_xml:
         if xml_source is None:
-            raise ConfigError(f"no IU X-ray XML reports found in {input_dir} (pass --reports)")
+            raise ConfigError(f"no IU X-ray XML reports found in {input_dir} (name them: reports=PATH)")
         if views == "frontal":
-            raise ConfigError("the IU X-ray XML release does not say which image is frontal; use --views all")
+            raise ConfigError("the IU X-ray XML release does not say which image is frontal; use views='all'")
         return _read_xml(xml_source, index, image_root)
-    return _read_csv(input_dir, index, image_root, views)
+    return _read_csv(input_dir, index, image_root, settings)
 
 
 def _read_xml(source: Path, index: dict[str, Path], image_root: Path) -> SourceData:
     pairs = []
     n_refs = 0
     for name, data in iter_report_xml(source):
-        uid, sections, image_ids = parse_report_xml(data, name)
+        try:
+            uid, sections, image_ids = parse_report_xml(data, name)
+        except ManifestError as exc:  # one broken file is one dropped report, not a failed run
+            uid = "CXR" + Path(name).stem
+            pairs.append(RawPair(study_id=uid, patient_id=uid, images=[], problem=str(exc)))
+            continue
         n_refs += len(image_ids)
         found = [(i, _find(index, i)) for i in image_ids]
         pairs.append(
@@ -191,16 +213,16 @@ def _read_xml(source: Path, index: dict[str, Path], image_root: Path) -> SourceD
         "image_references": n_refs,
         "image_files_found": len(index),
     }
-    notes = [] if index else [f"no image files found under {image_root}; pass --images DIR (NLMCXR_png extracted)"]
-    return SourceData(pairs=pairs, image_root=image_root, text_mode="sections", stats=stats, notes=notes)
+    notes = [] if index else [f"no image files found under {image_root}; name the extracted NLMCXR_png: images_dir=DIR"]
+    return SourceData(pairs=pairs, image_root=image_root, stats=stats, notes=notes)
 
 
-def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: str) -> SourceData:
+def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, settings: ReadSettings) -> SourceData:
     reports_path = input_dir / "indiana_reports.csv"
     projections_path = input_dir / "indiana_projections.csv"
-    reports = read_table(reports_path)
+    reports = read_source_table(reports_path, settings)
     require_columns(reports, ("uid", "findings", "impression"), f"IU X-ray reports {reports_path}")
-    projections = read_table(projections_path)
+    projections = read_source_table(projections_path, settings)
     require_columns(projections, ("uid", "filename", "projection"), f"IU X-ray projections {projections_path}")
     by_uid: dict[str, list[tuple[str, str]]] = {}
     for row in projections.to_dict("records"):
@@ -211,7 +233,7 @@ def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: 
         uid = row["uid"].strip()
         files = by_uid.get(uid, [])
         n_refs += len(files)
-        if views == "frontal":
+        if settings.views == "frontal":
             files = [(f, p) for f, p in files if p.lower() == "frontal"]
         n_view += len(files)
         found = [(f, _find(index, f)) for f, _ in files]
@@ -241,5 +263,20 @@ def _read_csv(input_dir: Path, index: dict[str, Path], image_root: Path, views: 
         "image_references_after_view_filter": n_view,
         "image_files_found": len(index),
     }
-    notes = [] if index else [f"no image files found under {image_root}; pass --images DIR"]
-    return SourceData(pairs=pairs, image_root=image_root, text_mode="sections", stats=stats, notes=notes)
+    notes = [] if index else [f"no image files found under {image_root}; name the image folder: images_dir=DIR"]
+    return SourceData(pairs=pairs, image_root=image_root, stats=stats, notes=notes)
+
+
+SOURCE = PrepareSource(
+    name="iu-xray",
+    summary="Open-i IU X-ray: ecgen-radiology/*.xml or NLMCXR_reports.tgz + CXR<id>_IM-*.png images, or the\n"
+    "CSV export indiana_reports.csv + indiana_projections.csv + images",
+    read=read_iu_xray,
+    views="all",
+    val_size=0.1,
+    text_mode="sections",
+    options=(
+        SourceOption("reports", "--reports", "the XML folder or NLMCXR_reports.tgz (default: found inside --input)"),
+        SourceOption("images_dir", "--images", "folder searched for the images (default: --input)"),
+    ),
+)
