@@ -17,14 +17,14 @@ import torchvision
 
 from conftest import tiny_config
 from convirt.api import ConvirtEncoder, load_image_encoder
-from convirt.checkpoint import load_model
 from convirt.cli import main as cli_main
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset
+from convirt.data.transforms import image_transforms
+from convirt.encoders.checkpoint import load_model
+from convirt.encoders.export import export_checkpoint
 from convirt.engine.train import pretrain
-from convirt.export import export_checkpoint
 from convirt.losses import convirt_loss
-from convirt.models.factory import image_transforms
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def trained_run(tmp_path_factory, small_manifest: Path, minilm_dir: Path):
         train__checkpoint_every_steps=10,
         optim__lr=5e-4,
     )
-    from convirt.models.factory import create_model, create_tokenizer
+    from convirt.encoders.build import create_model, create_tokenizer
 
     torch.manual_seed(config.train.seed)
     tokenizer = create_tokenizer(config)

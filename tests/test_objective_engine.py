@@ -11,13 +11,13 @@ import torch
 import torchvision
 
 from conftest import tiny_config
-from convirt.analysis.encoders import load_embedder
 from convirt.api import load_image_encoder
-from convirt.checkpoint import load_image_encoder_from_checkpoint, load_model
+from convirt.encoders.checkpoint import load_image_encoder_from_checkpoint, load_model
+from convirt.encoders.embedders import load_embedder
+from convirt.encoders.export import export_checkpoint
 from convirt.engine.train import pretrain
 from convirt.errors import CheckpointError, ConfigError
 from convirt.evaluation.classification.runner import encoder_choice
-from convirt.export import export_checkpoint
 from objective_fixtures import small_manifest
 
 pytestmark = pytest.mark.slow

@@ -24,13 +24,13 @@ from typing import Any
 import pandas as pd
 
 from convirt.data.manifest import IMAGE_SEPARATOR, PAIRED_COLUMNS, write_table
+from convirt.data.splits import assign_splits, patient_groups
 from convirt.errors import ConfigError
 from convirt.text.sections import DEFAULT_SECTIONS
 from convirt.text.tokenize import count_tokens
 
 from .image_cache import IMAGE_FORMATS, CacheSettings, build_cache, target_names
 from .report import DROP_REASONS, PrepareReport, summarize
-from .splits import assign_splits, patient_groups
 from .textproc import process_text
 from .types import SourceData, TextMode
 
