@@ -15,6 +15,7 @@ from convirt.analysis.search import ImageIndex
 from convirt.api import ConvirtEncoder, load_image_encoder
 from convirt.cli import main
 from convirt.encoders.checkpoint import load_checkpoint, load_model
+from convirt.encoders.spec import parse_specs
 from convirt.errors import CheckpointError, UnsafeFileError
 from test_retrieval_support import write_tiny_checkpoint
 
@@ -182,3 +183,6 @@ def test_real_checkpoints_load_and_the_allow_list_covers_their_tokenizer(tmp_pat
     assert loaded.objective == "convirt" and loaded.payload["tokenizer_files"]
     encoder = ConvirtEncoder.from_checkpoint(loaded, device="cpu", fast=False)
     assert encoder.encode_texts(["No pleural effusion."]).shape == (1, 32)
+    # Several specifications of one file read it once.
+    trained, random_like, other = parse_specs([str(checkpoint), f"random-like:{checkpoint}", "random:resnet18"])
+    assert trained.checkpoint() is random_like.checkpoint() and other.init == "random"

@@ -174,6 +174,7 @@ def run_classify(args: argparse.Namespace) -> int:
 def _run_classify(args: argparse.Namespace) -> int:
     from convirt.data.labelled import write_labelled_manifest
     from convirt.data.sources import load_labelled_dataset
+    from convirt.encoders.spec import parse_specs
     from convirt.evaluation.classification import ClassificationSettings, Recipe, encoder_choice
     from convirt.evaluation.classification.runner import evaluate_classification
 
@@ -193,7 +194,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     if args.name and len(args.name) != len(args.encoder):
         raise ConfigError(f"{len(args.name)} --name for {len(args.encoder)} --encoder; give one per encoder or none")
     names = args.name or [None] * len(args.encoder)
-    choices = [encoder_choice(spec, name) for spec, name in zip(args.encoder, names)]
+    choices = [encoder_choice(spec, name) for spec, name in zip(parse_specs(args.encoder), names)]
     recipe = Recipe(
         lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, batch_size=args.batch_size,
         max_epochs=args.max_epochs, warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, monitor=args.monitor,

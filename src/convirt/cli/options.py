@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convirt.encoders.embedders import Embedder, load_embedder
+from convirt.encoders.spec import parse_specs
 from convirt.errors import ConfigError, ConvirtError
 
 # Library errors name the setting to change (ConvirtError.setting); this is the option that sets it.
@@ -110,7 +111,7 @@ def load_embedders(args: argparse.Namespace) -> list[Embedder]:
             device=args.device,
             fast=not args.no_fast,
         )
-        for i, spec in enumerate(args.encoder)
+        for i, spec in enumerate(parse_specs(args.encoder))
     ]
 
 

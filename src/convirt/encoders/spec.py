@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,21 @@ class EncoderSpec:
         except ModelLoadError as exc:
             exc.encoder_spec = self  # lets a command line say which option to change
             raise
+
+
+def parse_specs(specs: Sequence[str | os.PathLike | EncoderSpec]) -> list[EncoderSpec]:
+    """Parse several specifications; those naming the same checkpoint file (``best.ckpt``,
+    ``random-like:best.ckpt``) share its one read."""
+    parsed, shared = [], {}
+    for spec in specs:
+        one = EncoderSpec.parse(spec)
+        if one.kind in ("checkpoint", RANDOM_LIKE):
+            key = one.path.resolve()
+            if key in shared:
+                one = replace(one, _loaded=shared[key])
+            shared[key] = one._loaded
+        parsed.append(one)
+    return parsed
 
 
 def load_image_encoder(spec: str | os.PathLike | EncoderSpec, seed: int | None = None) -> ImageEncoder:
