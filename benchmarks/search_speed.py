@@ -27,9 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def random_checkpoint(folder: Path, image_encoder: str) -> Path:
-    from convirt.checkpoint import convirt_payload
     from convirt.config import load_config
-    from convirt.models.factory import create_model, create_tokenizer
+    from convirt.encoders.build import create_model, create_tokenizer
+    from convirt.encoders.checkpoint import convirt_payload
     from convirt.paths import offline_minilm_dir
 
     minilm = offline_minilm_dir()
@@ -63,11 +63,10 @@ def link_images(source: Path, folder: Path, count: int) -> int:
 
 
 def bench_index(checkpoint: Path, images: Path, fast: bool, batch_size: int, workdir: Path) -> float:
-    from convirt.analysis.encoders import ConvirtEmbedder
     from convirt.analysis.search import build_index
     from convirt.api import ConvirtEncoder
 
-    embedder = ConvirtEmbedder(ConvirtEncoder.from_checkpoint(checkpoint, fast=fast), spec=str(checkpoint))
+    embedder = ConvirtEncoder.from_checkpoint(checkpoint, fast=fast)
     embedder.embed_images(sorted(images.iterdir())[:batch_size], ["v"], batch_size)  # warm-up: one batch
     start = time.perf_counter()
     index = build_index(
@@ -97,11 +96,10 @@ def bench_search(size: int, dim: int, backend: str, k: int, batch: int, repeats:
 
 
 def bench_text(checkpoint: Path, size: int, dim: int, k: int, repeats: int) -> float:
-    from convirt.analysis.encoders import ConvirtEmbedder
     from convirt.analysis.search import make_backend
     from convirt.api import ConvirtEncoder
 
-    embedder = ConvirtEmbedder(ConvirtEncoder.from_checkpoint(checkpoint))
+    embedder = ConvirtEncoder.from_checkpoint(checkpoint)
     vectors = torch.nn.functional.normalize(torch.randn(size, dim), dim=1)
     engine = make_backend(vectors, "torch")
     sentences = [f"Pleural effusion number {i} is present." for i in range(repeats + 1)]
@@ -136,15 +134,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         checkpoint = args.checkpoint or random_checkpoint(workdir, args.image_encoder)
-        from convirt.checkpoint import load_model
+        from convirt.encoders.checkpoint import load_checkpoint
 
-        loaded = load_model(checkpoint)
-        dim, arch, size = (
-            loaded.config.model.projection_dim,
-            loaded.config.model.image_encoder,
-            loaded.config.data.augment.output_size,
-        )
-        del loaded
+        config = load_checkpoint(checkpoint).config
+        dim, arch, size = config.model.projection_dim, config.model.image_encoder, config.data.augment.output_size
         if not args.skip_index:
             source = shared_data_dir() / "kermany-pneumonia" / "test"
             count = link_images(source, workdir / "images", args.images)

@@ -80,6 +80,23 @@ def covid_prepared(tmp_path_factory: pytest.TempPathFactory, covid_dir: Path) ->
     return output / "manifest.csv"
 
 
+def write_image_folder(root: Path, counts: dict[str, int] | None = None, size: tuple[int, int] = (18, 26)) -> Path:
+    """A two-class image folder ``root/SPLIT/{NORMAL,PNEUMONIA}/*.png`` (count per split, half per class); the
+    classes differ in mean brightness (70 vs 160), so a linear probe on random features can tell them apart."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (counts or {"train": 24, "test": 8}).items():
+        for label, name in enumerate(("NORMAL", "PNEUMONIA")):
+            for k in range(n // 2):
+                pixels = np.clip(rng.normal(70 + 90 * label, 35, size), 0, 255).astype(np.uint8)
+                path = root / split / name / f"person{k}_{split}_{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    return root
+
+
 def tiny_config(manifest: Path | str, output_dir: Path | str, text_encoder: Path | str, **overrides):
     """A config small enough for CPU tests: resnet18 at 64 px, batch 8."""
     from convirt.config import load_config

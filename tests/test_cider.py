@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from convirt.evaluation.cider import caption_words, cider_d
+from convirt.text.cider import caption_words, cider_d
 
 BACKENDS = [
     "python",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_image_folder
 from convirt.cli import main
 from convirt.data.labelled import LabelledTask, write_labelled_manifest
 from convirt.evaluation.classification.runner import encoder_choice
@@ -23,23 +25,11 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def _folder(root):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("NORMAL", "PNEUMONIA")):
-            for k in range(n // 2):
-                pixels = np.clip(rng.normal(70 + 90 * label, 35, (18, 26)), 0, 255).astype(np.uint8)
-                path = root / split / name / f"person{k}_{split}_{name}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(path)
-    return root
-
-
 COMMON = ["--image-size", "32", "--batch-size", "8", "--max-epochs", "3", "--no-fast"]
 
 
 def test_linear_probe_command_writes_all_outputs(tmp_path, capsys):
-    data = _folder(tmp_path / "kermany")
+    data = write_image_folder(tmp_path / "kermany")
     out = tmp_path / "out"
     code = main(
         ["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--encoder", "random:resnet18",
@@ -66,7 +56,7 @@ def test_linear_probe_command_writes_all_outputs(tmp_path, capsys):
 
 
 def test_paper_dataset_gets_paper_numbers_beside_ours_and_finetune_runs(tmp_path):
-    data = _folder(tmp_path / "rsna-like")
+    data = write_image_folder(tmp_path / "rsna-like")
     from convirt.data.sources import load_labelled_dataset
 
     manifest = load_labelled_dataset(f"imagefolder:{data}", val_size=0.25)
@@ -94,7 +84,7 @@ def test_paper_dataset_gets_paper_numbers_beside_ours_and_finetune_runs(tmp_path
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
-    data = _folder(tmp_path / "k")
+    data = write_image_folder(tmp_path / "k")
     assert main(["evaluate", "classify", "--dataset", f"imagefolder:{tmp_path / 'nope'}", "--encoder", "random:x"]) == 2
     assert "does not exist" in capsys.readouterr().err
     code = main(["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--encoder", f"{tmp_path / 'w.pt'}"])
@@ -114,11 +104,11 @@ def test_encoder_kinds():
     assert encoder_choice("resnet18=/x/w.pt", "mine").name == "mine"
 
 
-def test_torchvision_state_dict_and_imagenet_hint(tmp_path, monkeypatch):
+def test_torchvision_state_dict_and_imagenet_hint(tmp_path, monkeypatch, capsys):
     import torchvision
+    from torchvision.models import _api
 
     from convirt.errors import ModelLoadError
-    from convirt.evaluation.classification import runner
     from convirt.evaluation.classification.runner import load_encoder
 
     torch.manual_seed(3)
@@ -128,12 +118,19 @@ def test_torchvision_state_dict_and_imagenet_hint(tmp_path, monkeypatch):
     assert torch.equal(encoder.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert encoder.feature_dim == 512
 
-    def offline(spec):
-        raise ModelLoadError("could not download the ImageNet weights for 'resnet50' (URLError).")
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(runner, "load_image_encoder", offline)
-    with pytest.raises(ModelLoadError, match=r"pass the downloaded file as --encoder resnet50=/path/to/file"):
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+    # The library names the setting, not an option; the command line adds its option.
+    with pytest.raises(ModelLoadError, match="resnet50") as error:
         load_encoder(encoder_choice("imagenet:resnet50"))
+    assert "--encoder" not in str(error.value)
+    data = write_image_folder(tmp_path / "k")
+    assert main(["evaluate", "classify", "--dataset", f"imagefolder:{data}", "--encoder", "imagenet:resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"pass the downloaded file as --encoder resnet50=/path/to/file", err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_multilabel_study_level_task_through_the_python_api(tmp_path):

@@ -52,5 +52,5 @@ def test_two_process_ddp_run_from_config(covid_prepared: Path, tiny_bert_dir: Pa
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-4000:]
     summary = json.loads((output / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
-    checkpoint = torch.load(output / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(output / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 3 and checkpoint["convirt_state"]["evaluations"] == 1

@@ -17,14 +17,14 @@ import torchvision
 
 from conftest import tiny_config
 from convirt.api import ConvirtEncoder, load_image_encoder
-from convirt.checkpoint import load_model
 from convirt.cli import main as cli_main
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset
+from convirt.data.transforms import image_transforms
+from convirt.encoders.checkpoint import load_model
+from convirt.encoders.export import export_checkpoint
 from convirt.engine.train import pretrain
-from convirt.export import export_checkpoint
 from convirt.losses import convirt_loss
-from convirt.models.factory import image_transforms
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def trained_run(tmp_path_factory, small_manifest: Path, minilm_dir: Path):
         train__checkpoint_every_steps=10,
         optim__lr=5e-4,
     )
-    from convirt.models.factory import create_model, create_tokenizer
+    from convirt.encoders.build import create_model, create_tokenizer
 
     torch.manual_seed(config.train.seed)
     tokenizer = create_tokenizer(config)
@@ -100,7 +100,7 @@ def test_run_writes_checkpoints_logs_curve_and_summary(trained_run) -> None:
     assert summary["steps"] == 40 and summary["train_pairs"] == 8 and summary["skipped_images"] == 0
     metrics = (out / "logs" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/loss" in metrics
-    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["convirt"]["config"]["model"]["image_encoder"] == "resnet18"
     assert "tokenizer_config.json" in checkpoint["convirt"]["tokenizer_files"]
 
@@ -134,7 +134,7 @@ def test_export_and_python_api(trained_run, tmp_path: Path, small_manifest: Path
     AutoTokenizer.from_pretrained(written["text_encoder"])
     texts = encoder.encode_texts(["No pleural effusion.", "Bilateral opacities.", "Heart size normal."])
     assert texts.shape == (3, 32)
-    heads = torch.load(written["heads"], weights_only=False)
+    heads = torch.load(written["heads"], weights_only=True)
     assert set(heads) == {"image_head", "text_head", "config"}
     # Evaluation commands resolve the export folder and the checkpoint to the same image encoder.
     for spec in (str(tmp_path / "export"), str(result.best_checkpoint)):
@@ -185,13 +185,13 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
-    partial = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    partial = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert partial["global_step"] == 4
     resumed = pretrain(tiny_config(covid_prepared, killed_dir, tiny_bert_dir))
     assert resumed.resumed_from == killed_dir / "checkpoints" / "last.ckpt" and resumed.steps == 8
 
-    a = torch.load(straight.last_checkpoint, map_location="cpu", weights_only=False)
-    b = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=False)
+    a = torch.load(straight.last_checkpoint, map_location="cpu", weights_only=True)
+    b = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 8
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-6, atol=1e-7, msg=key)
@@ -227,7 +227,7 @@ def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepa
         train__checkpoint_every_steps=100,
     )
     result = pretrain(config)
-    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
     # evaluations 1 (best), then 2, 3, 4: each a straight evaluation without a decrease -> halved at each
     assert result.best_val_loss == pytest.approx(math.log(8), abs=1e-5)

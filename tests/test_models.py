@@ -292,7 +292,7 @@ def test_cased_vocabulary_that_lowercases_warns_and_explicit_casing_applies(
 
 def test_casing_in_config_reaches_the_tokenizer_and_survives_save(tmp_path: Path) -> None:
     from convirt.config import load_config
-    from convirt.models.factory import create_tokenizer
+    from convirt.encoders.build import create_tokenizer
 
     folder = cased_bert_folder(tmp_path / "cased", None)
     config = load_config(None, [f"model.text_encoder={folder}", "model.text_lowercase=false"])

@@ -11,9 +11,9 @@ import torch
 
 from conftest import tiny_config
 from convirt.errors import ConfigError
-from convirt.evaluation.cider import cider_d
 from convirt.objectives import build_objective
 from convirt.objectives.captioning import BOS, EOS, PAD, UNK, Vocabulary, attention_penalty, caption_loss
+from convirt.text.cider import cider_d
 from objective_fixtures import fixed_batch_training, image_encoder_gradients, optimizer_of, real_batch, small_manifest
 
 SMALL = {

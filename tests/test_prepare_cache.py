@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convirt.data.splits import assign_splits, patient_groups, resolve_size
 from convirt.errors import ConfigError
 from convirt.prepare.image_cache import CacheSettings, build_cache, target_names
-from convirt.prepare.splits import assign_splits, patient_groups, resolve_size
 from prepare_fixtures import write_dicom, write_image
 
 

@@ -12,18 +12,22 @@ import torch
 from PIL import Image
 
 from convirt.cli import main
-from convirt.errors import ManifestError
-from convirt.evaluation.retrieval import (
-    CHEXPERT_CATEGORIES,
+from convirt.data.chexpert8x200 import (
+    CHEXPERT_8X200_CATEGORIES as CHEXPERT_CATEGORIES,
+)
+from convirt.data.chexpert8x200 import (
     MissingImagesError,
     RetrievalLists,
+    read_official_lists,
+    resolve_chexpert_paths,
+)
+from convirt.errors import ManifestError
+from convirt.evaluation.retrieval import (
     evaluate_labelled,
     evaluate_lists,
     evaluate_official,
     precision_at_k,
-    read_official_lists,
     report_markdown,
-    resolve_chexpert_paths,
     retrieval_precision,
 )
 from test_retrieval_support import LookupEmbedder, one_hot, write_tiny_checkpoint
@@ -197,7 +201,7 @@ def _subset(official: RetrievalLists) -> RetrievalLists:
 
 
 def test_official_protocol_on_a_fake_chexpert_tree_matches_a_direct_ranking(official, tiny_bert_dir, tmp_path):
-    from convirt.analysis.encoders import load_embedder
+    from convirt.encoders.embedders import load_embedder
 
     lists = _subset(official)
     _fake_tree(lists, tmp_path)
@@ -211,7 +215,7 @@ def test_official_protocol_on_a_fake_chexpert_tree_matches_a_direct_ranking(offi
         ("text_image", "v"),
     }
     # Recompute image-image P@k in h_v independently: embed with the API, rank with numpy.
-    encoder = embedder.encoder
+    encoder = embedder  # the ConVIRT embedder is the API encoder
     queries = encoder.encode_images([tmp_path / p for p in lists.image_query_paths], project=False).numpy()
     candidates = encoder.encode_images([tmp_path / p for p in lists.candidate_paths], project=False).numpy()
     order = np.argsort(-(queries @ candidates.T), axis=1, kind="stable")
@@ -300,7 +304,7 @@ def test_sampled_image_queries_leave_the_candidates_and_text_queries_need_known_
 
 
 def test_random_image_encoders_are_drawn_from_the_seed():
-    from convirt.analysis.encoders import load_embedder
+    from convirt.encoders.embedders import load_embedder
 
     images = torch.rand(2, 3, 32, 32)
 

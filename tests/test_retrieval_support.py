@@ -1,9 +1,9 @@
 """Helpers for the retrieval, zero-shot, search and analysis tests (no tests here).
 
 - :func:`write_tiny_checkpoint`: a real convirt checkpoint file (ResNet18 at 64 px + a tiny BERT, random weights)
-  in the format :func:`convirt.checkpoint.load_model` reads, without running pretraining.
+  in the format :func:`convirt.encoders.checkpoint.load_model` reads, without running pretraining.
 - :class:`LookupEmbedder`: a fake encoder whose embeddings are looked up per image path / sentence (e.g. one-hot
-  of the true label: a "perfect" encoder), implementing the :class:`convirt.analysis.encoders.Embedder` interface.
+  of the true label: a "perfect" encoder), implementing the :class:`convirt.encoders.embedders.Embedder` interface.
 - :func:`copy_kermany`: a few real Kermany test images copied into a temporary folder.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from convirt.analysis.encoders import Embedder
+from convirt.encoders.embedders import Embedder
 
 
 def write_tiny_checkpoint(path: Path, text_encoder_dir: Path, seed: int = 0, projection_dim: int = 32) -> Path:
-    from convirt.checkpoint import convirt_payload
     from convirt.config import load_config
-    from convirt.models.factory import create_model, create_tokenizer
+    from convirt.encoders.build import create_model, create_tokenizer
+    from convirt.encoders.checkpoint import convirt_payload
 
     config = load_config(
         None,

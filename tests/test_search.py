@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from convirt.analysis.contact_sheet import contact_sheet
-from convirt.analysis.encoders import load_embedder
 from convirt.analysis.search import (
     ImageIndex,
     IndexFileError,
@@ -23,6 +22,7 @@ from convirt.analysis.search import (
     search_index,
 )
 from convirt.cli import main
+from convirt.encoders.embedders import load_embedder
 from test_retrieval_support import copy_kermany, write_tiny_checkpoint
 
 

@@ -10,15 +10,10 @@ import pytest
 import torch
 
 from convirt.cli import main
+from convirt.cli.options import parse_prompt_map
+from convirt.encoders.prompts import class_embeddings, read_prompts
 from convirt.errors import ConfigError, ManifestError
-from convirt.evaluation.zeroshot import (
-    class_embeddings,
-    evaluate_zeroshot,
-    parse_prompt_map,
-    read_prompts,
-    zero_shot_metrics,
-    zero_shot_scores,
-)
+from convirt.evaluation.zeroshot import evaluate_zeroshot, zero_shot_metrics, zero_shot_scores
 from test_retrieval_support import LookupEmbedder, copy_kermany, one_hot, write_tiny_checkpoint
 
 
@@ -49,6 +44,18 @@ def test_prompt_files_csv_yaml_and_map(tmp_path: Path):
     (tmp_path / "bad.csv").write_text("name,sentence\na,b\n")
     with pytest.raises(ManifestError, match="class column"):
         read_prompts(tmp_path / "bad.csv")
+
+
+def test_library_errors_name_the_setting_and_the_command_line_adds_its_option(tmp_path: Path, capsys):
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("label,text\nPneumonia,Pneumonia is present.\n")
+    with pytest.raises(ConfigError) as error:
+        read_prompts(csv, {"X": "Cardiomegaly"})
+    assert error.value.setting == "prompt_map" and "--" not in str(error.value)
+    args = ["evaluate", "zeroshot", "--dataset", str(tmp_path), "--prompts", str(csv), "--prompt-map", "X=Cardiomegaly"]
+    assert main([*args, "--encoder", "random:resnet18", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("(on the command line: --prompt-map CLASS=PROMPT_LABEL)") and len(err.splitlines()) == 1
 
 
 def test_builtin_kermany_prompts_are_the_official_sentences(shared_data: Path):

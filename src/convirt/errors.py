@@ -9,7 +9,15 @@ from __future__ import annotations
 
 
 class ConvirtError(Exception):
-    """Base class for errors caused by user input or environment, with an actionable message."""
+    """Base class for errors caused by user input or environment, with an actionable message.
+
+    ``setting`` names the input to change in library terms (e.g. ``prompt_map``, ``restart``): the message never
+    names a command-line option, and the command line adds its own option as a hint.
+    """
+
+    def __init__(self, *args: object, setting: str | None = None) -> None:
+        super().__init__(*args)
+        self.setting = setting
 
 
 class ConfigError(ConvirtError):
@@ -35,3 +43,7 @@ class ModelLoadError(ConvirtError):
 
 class CheckpointError(ConvirtError):
     """A checkpoint is missing, truncated, or not a convirt checkpoint."""
+
+
+class UnsafeFileError(CheckpointError):
+    """A torch file holds objects other than tensors and plain data (refused: loading it could run code)."""

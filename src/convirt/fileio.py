@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,3 +70,61 @@ def atomic_savefig(figure: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, **kwargs)
+
+
+UNSAFE_FILE_HINT = "convirt does not run code from files it loads"
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "file", mmap: bool = False, error: type | None = None) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU: the one way convirt reads a torch file a user gave it.
+
+    Only tensors and plain data (dicts, lists, strings, numbers) load; a file holding anything else (a pickled
+    object whose loading could run code) raises :class:`~convirt.errors.UnsafeFileError` with one line naming the
+    file (``what``), and nothing in it is executed. Other read failures (truncated, not a torch file) raise
+    ``error`` (a :class:`~convirt.errors.ConvirtError` class; default :class:`~convirt.errors.CheckpointError`).
+    ``mmap=True`` maps the tensors instead of reading them (files from ``torch.save``).
+    """
+    from convirt.errors import CheckpointError, UnsafeFileError
+
+    try:
+        return _weights_only_load(path, what, mmap)
+    except UnsafeFileError:
+        raise
+    except Exception as exc:
+        raise (error or CheckpointError)(
+            f"{what} {path} cannot be read (truncated or not a torch file): {exc}"
+        ) from exc
+
+
+def _weights_only_load(path: str | os.PathLike, what: str, mmap: bool) -> Any:
+    import warnings
+
+    import torch
+
+    from convirt.errors import UnsafeFileError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the refusal below says enough
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as exc:
+                if not mmap or "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # an older (non-zip) torch file
+    except Exception as exc:
+        message = str(exc)
+        if "weights only load failed" not in message.lower():
+            raise
+        refused = re.search(r"Unsupported global: (GLOBAL [\w.]+)", message)
+        if refused:
+            problem = f"contains objects other than tensors and plain data (refused {refused.group(1)})"
+        else:
+            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+?)\.?\s*(?:\n|$)", message)
+            problem = (
+                f"cannot be read as tensors and plain data ({detail.group(1) if detail else 'unreadable'}): it is "
+                "truncated, not a torch file, or holds other objects"
+            )
+        raise UnsafeFileError(
+            f"{what} {path} {problem}; {UNSAFE_FILE_HINT}. Use a file written by convirt or a plain state dict."
+        ) from None

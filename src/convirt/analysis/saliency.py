@@ -14,6 +14,9 @@ upsampled bilinearly to the input size and scaled to [0, 1] per image (a map tha
 - **Text query**: ``score`` = cosine similarity between the projected image embedding ``v = g_v(h_v)`` and the
   sentence's text embedding ``u``: the map shows which image regions raise the similarity to the sentence.
 
+:func:`text_saliency` and :func:`classifier_saliency` run either on image files with an embedder and return
+captioned :class:`SaliencyItem` s for :func:`saliency_grid` (``convirt plot saliency`` and the demo use them).
+
 Maps are computed in float32 (no autocast) with gradients only with respect to the feature map. Overlays are
 drawn on the radiograph at its own size and aspect (the model input is a plain resize of it, so the map is
 stretched back the same way).
@@ -33,8 +36,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from convirt.encoders.embedders import Embedder
+from convirt.encoders.prompts import class_embeddings
 from convirt.errors import ConfigError
-from convirt.fileio import atomic_write_bytes
+from convirt.fileio import atomic_write_bytes, load_torch_file
 from convirt.models.image import ImageEncoder
 
 FINER = "finer"  # the ``layer`` value that picks the block with twice the last map's resolution
@@ -205,6 +210,100 @@ def zero_shot_head(class_embeddings: torch.Tensor, image_head: nn.Module, temper
             return F.normalize(self.image_head(features).float(), dim=-1) @ self.classes.T / temperature
 
     return ZeroShotHead()
+
+
+def load_linear_head(path: str | os.PathLike) -> nn.Linear:
+    """A linear classifier on ``h_v`` from a torch file: ``weight`` (C, D) and optional ``bias`` (C,), also under a
+    ``head``, ``state_dict`` or ``classifier`` key (read with ``weights_only=True``)."""
+    data = load_torch_file(path, "classifier file")
+    for key in ("head", "state_dict", "classifier"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if isinstance(data, dict):
+        weights = {k.rsplit(".", 1)[-1]: v for k, v in data.items() if k.endswith(("weight", "bias"))}
+        if "weight" in weights and weights["weight"].ndim == 2:
+            layer = nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0], bias="bias" in weights)
+            layer.load_state_dict(weights)
+            return layer
+    raise ConfigError(f"{path} holds no linear classifier ('weight' (C, D) and optional 'bias')")
+
+
+def zero_shot_classifier(embedder: Embedder, prompts: dict[str, list[str]]) -> tuple[nn.Module, list[str]]:
+    """The zero-shot classifier of a ConVIRT embedder's prompts, as a head on ``h_v``, and its class names."""
+    if not embedder.has_text:
+        raise ConfigError(f"the zero-shot classifier needs a ConVIRT checkpoint; {embedder.label!r} has no text tower")
+    classes, class_emb = class_embeddings(embedder, prompts)
+    return zero_shot_head(class_emb, embedder.model.image_head, embedder.temperature), classes  # type: ignore[attr-defined]
+
+
+def _load_inputs(embedder: Embedder, paths: Sequence[str | os.PathLike]) -> tuple[list[Image.Image], torch.Tensor]:
+    """The radiographs as loaded (for the overlays) and the model input batch made from them."""
+    from convirt.data.images import load_image
+
+    originals = [load_image(p, mode="L") for p in paths]
+    return originals, torch.stack([embedder.preprocess(image) for image in originals])
+
+
+def text_saliency(
+    embedder: Embedder,
+    paths: Sequence[str | os.PathLike],
+    queries: Sequence[str | torch.Tensor],
+    layer: str | None = None,
+    paired: bool = False,
+    captions: Sequence[str] | None = None,
+) -> list[SaliencyItem]:
+    """Text-query saliency (Grad-CAM of cos(v, u)) of a ConVIRT embedder, on image files.
+
+    ``queries`` are sentences or text embeddings ``u``. Every query explains every image, or with ``paired`` query
+    i explains image i only. Items are titled with the file name, the query (or ``captions[i]`` per query) and
+    the cosine similarity.
+    """
+    if not embedder.has_text:
+        raise ConfigError(f"text saliency needs a ConVIRT checkpoint; {embedder.label!r} has no text tower")
+    if paired and len(queries) != len(paths):
+        raise ValueError("paired text saliency needs one query per image")
+    originals, batch = _load_inputs(embedder, paths)
+    items: list[SaliencyItem] = []
+    for q, query in enumerate(queries):
+        u = embedder.embed_texts([query])[0] if isinstance(query, str) else query
+        rows = [q] if paired else list(range(len(paths)))
+        cams, sims = text_grad_cam(embedder.model, batch[rows], u, layer)  # type: ignore[attr-defined]
+        for row, cam, sim in zip(rows, cams, sims):
+            if captions is not None:
+                title = f"{captions[q]}\ncos {float(sim):.2f}"
+            else:
+                title = f'{Path(paths[row]).name}\n"{str(query)[:40]}" cos {float(sim):.3f}'
+            items.append(SaliencyItem(originals[row], cam, title))
+    return items
+
+
+def classifier_saliency(
+    embedder: Embedder,
+    paths: Sequence[str | os.PathLike],
+    head: nn.Module,
+    classes: Sequence[str] | None = None,
+    target: str | int | None = None,
+    truths: Sequence[str | None] | None = None,
+    layer: str | None = None,
+) -> list[SaliencyItem]:
+    """Grad-CAM of a classifier ``head`` on the embedder's ``h_v`` for class ``target`` (a name of ``classes`` or
+    an index; default each image's prediction), on image files; titled with the explained class, its probability
+    and the true class when ``truths`` are given."""
+    originals, batch = _load_inputs(embedder, paths)
+    classes = list(classes) if classes else [str(i) for i in range(getattr(head, "out_features", 0))]
+    chosen_target = None
+    if target is not None:
+        chosen_target = classes.index(target) if target in classes else int(target)
+    cams, chosen, logits = classifier_grad_cam(embedder.image_module, head, batch, chosen_target, layer)
+    probs = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
+    truths = list(truths) if truths is not None else [None] * len(paths)
+    items = []
+    for i, (path, image, cam, c, truth) in enumerate(zip(paths, originals, cams, chosen, truths)):
+        name = classes[int(c)] if int(c) < len(classes) else str(int(c))
+        truth_text = f" (true {truth})" if truth else ""
+        caption = f"{Path(path).name}{truth_text}\nexplains: {name} p={float(probs[i, int(c)]):.2f}"
+        items.append(SaliencyItem(image, cam, caption))
+    return items
 
 
 # ---------------------------------------------------------------------------------------------------------------

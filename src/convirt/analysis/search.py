@@ -1,9 +1,11 @@
 """Embedding search over a folder of images: ``convirt index`` and ``convirt search``.
 
-**Index file** (``torch.save`` of a plain dict, loadable with ``weights_only=True``): format version, the image
-root, the image paths relative to it (sorted), each file's size and modification time, the L2-normalised
-embeddings (N, d) float32, the embedding space (``v`` for ConVIRT checkpoints so that text queries work, else
-``h_v``), the encoder specification and fingerprint, the images that could not be read (path and reason).
+**Index file** (``torch.save`` of a plain dict, read back with ``weights_only=True``: a file holding anything else
+is refused): format version, the image root, the image paths relative to it (sorted), each file's size and
+modification time, the L2-normalised embeddings (N, d) float32, the embedding space (``v`` for ConVIRT checkpoints
+so that text queries work, else ``h_v``), the encoder specification and the fingerprint of its weights
+(:func:`convirt.encoders.embedders.encoder_fingerprint`), the images that could not be read (path and reason).
+Searching with the index's own encoder loads the file its specification names, through the same safe loaders.
 
 **Resumable and incremental.** While indexing, every ``chunk_size`` embedded images are written as one part file
 under ``INDEX.parts/`` (atomic writes). A rerun after an interruption loads the parts made with the same encoder
@@ -27,12 +29,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from convirt.analysis.encoders import Embedder, encoder_fingerprint, load_embedder
 from convirt.data.images import is_dicom
+from convirt.encoders.embedders import Embedder, load_embedder
+from convirt.encoders.spec import EncoderSpec
 from convirt.errors import ConfigError, ConvirtError, ImageLoadError
-from convirt.fileio import atomic_torch_save
+from convirt.fileio import atomic_torch_save, load_torch_file
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: the fingerprint hashes the encoder's weights (1: its specification and file times)
+READABLE_FORMATS = (1, INDEX_FORMAT)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp")
 BACKENDS = ("torch", "faiss")
 
@@ -108,27 +112,30 @@ class ImageIndex:
     def load(cls, path: str | os.PathLike) -> ImageIndex:
         file = Path(path)
         if not file.is_file():
-            raise IndexFileError(f"index {file} does not exist; build one with `convirt index IMAGE_DIR --checkpoint`")
-        try:
-            data = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise IndexFileError(f"index {file} cannot be read (truncated or not an index): {exc}") from exc
+            raise IndexFileError(f"index {file} does not exist; build one from an image folder first", setting="index")
+        data = load_torch_file(file, "index", error=IndexFileError)
         if not isinstance(data, dict) or data.get("format") != "convirt-image-index":
             raise IndexFileError(f"{file} is not a convirt image index")
-        if data.get("format_version") != INDEX_FORMAT:
+        if data.get("format_version") not in READABLE_FORMATS:
             raise IndexFileError(f"index {file} has format {data.get('format_version')}; rebuild it with this version")
-        return cls(
-            data["root"],
-            list(data["paths"]),
-            data["embeddings"],
-            data["space"],
-            data["encoder_spec"],
-            data["fingerprint"],
-            int(data.get("seed", 0)),
-            int(data.get("image_size", 224)),
-            [tuple(s) for s in data.get("stats", [])],
-            [tuple(f) for f in data.get("failed", [])],
-        )
+        try:
+            index = cls(
+                str(data["root"]),
+                [str(p) for p in data["paths"]],
+                data["embeddings"],
+                str(data["space"]),
+                str(data["encoder_spec"]),
+                str(data["fingerprint"]) if data["format_version"] == INDEX_FORMAT else "",  # 1: not comparable
+                int(data.get("seed", 0)),
+                int(data.get("image_size", 224)),
+                [tuple(s) for s in data.get("stats", [])],
+                [tuple(f) for f in data.get("failed", [])],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFileError(f"index {file} is incomplete or damaged ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(index.embeddings, torch.Tensor) or index.embeddings.shape[0] != len(index.paths):
+            raise IndexFileError(f"index {file} is damaged: its embeddings do not match its {len(index.paths)} paths")
+        return index
 
 
 def parts_dir(index_path: str | os.PathLike) -> Path:
@@ -156,11 +163,12 @@ def _load_reusable(
     n_parts = 0
     if parts.is_dir():
         for part_file in sorted(parts.glob("part-*.pt")):
-            part = torch.load(part_file, map_location="cpu", weights_only=True)
+            part = load_torch_file(part_file, "partial index", error=IndexFileError)
             if part["fingerprint"] != fingerprint or part["space"] != space or part["root"] != str(root):
                 raise IndexFileError(
                     f"{parts} holds a partial index made with another encoder, space or folder; delete it or "
-                    "pass --restart"
+                    "restart the indexing from scratch",
+                    setting="restart",
                 )
             for rel, stat, vector in zip(part["paths"], part["stats"], part["embeddings"]):
                 reusable[rel] = (tuple(stat), vector, "")
@@ -183,7 +191,7 @@ def build_index(
 ) -> ImageIndex:
     """Embed every image under ``image_dir`` into an index file at ``output`` (see the module docstring).
 
-    ``encoder`` is an encoder specification (see :mod:`convirt.analysis.encoders`) or a loaded embedder (then its
+    ``encoder`` is an encoder specification (see :mod:`convirt.encoders.spec`) or a loaded embedder (then its
     ``spec`` is stored). ``progress``: True for a progress bar, or a callable given the number of images done
     after each batch. Unreadable images are listed in the index (``failed``) and skipped.
     """
@@ -195,7 +203,7 @@ def build_index(
     embedder = load_embedder(encoder, seed=seed) if isinstance(encoder, str) else encoder
     space = space or ("v" if "v" in embedder.spaces else "h_v")
     embedder.check_spaces([space])
-    fingerprint = encoder_fingerprint(embedder.spec, seed)
+    fingerprint = embedder.fingerprint
     reusable, n_parts = _load_reusable(output, fingerprint, space, root, restart)
     stats = {rel: _file_stat(root / rel) for rel in relative}
     todo = [rel for rel in relative if rel not in reusable or reusable[rel][0] != stats[rel]]
@@ -251,7 +259,7 @@ def build_index(
         paths=kept,
         embeddings=torch.stack([reusable[rel][1] for rel in kept]).float() if kept else torch.empty(0, dim),
         space=space,
-        encoder_spec=embedder.spec,
+        encoder_spec=EncoderSpec.parse(embedder.spec).resolved().text,
         fingerprint=fingerprint,
         seed=seed,
         image_size=int(embedder.image_size),
@@ -286,7 +294,9 @@ class FaissSearch:
         try:
             import faiss
         except ImportError as exc:
-            raise ConfigError("the FAISS backend needs faiss: pip install faiss-cpu (or use --backend torch)") from exc
+            raise ConfigError(
+                "the FAISS backend needs faiss: pip install faiss-cpu (or use the torch backend)", setting="backend"
+            ) from exc
         self.index = faiss.IndexFlatIP(embeddings.shape[1])
         self.index.add(embeddings.float().contiguous().numpy())
 
@@ -320,7 +330,7 @@ def search_index(
 ) -> list[SearchHit]:
     """The ``k`` images of ``index`` most similar to a text query or a query image."""
     if (text is None) == (image is None):
-        raise ConfigError("give exactly one query: a text or --image PATH")
+        raise ConfigError("give exactly one query: a text or an image")
     if k < 1:
         raise ConfigError("k must be at least 1")
     if len(index) == 0:
@@ -343,10 +353,10 @@ def search_index(
 
 
 def embedder_for_index(index: ImageIndex, override: str | None = None) -> Embedder:
-    """The encoder that built ``index`` (or ``override``), warning when its file changed since."""
+    """The encoder that built ``index`` (or ``override``), warning when its weights changed since."""
     spec = override or index.encoder_spec
     embedder = load_embedder(spec, seed=index.seed, image_size=index.image_size)
-    if override is None and encoder_fingerprint(spec, index.seed) != index.fingerprint:
+    if override is None and index.fingerprint and embedder.fingerprint != index.fingerprint:
         import warnings
 
         warnings.warn(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convirt.analysis.encoders import Embedder
+from convirt.encoders.embedders import Embedder
 from convirt.errors import ConfigError
 from convirt.fileio import atomic_open, atomic_write_bytes
 

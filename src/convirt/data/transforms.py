@@ -27,6 +27,8 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import RandomResizedCrop as _RRC
 from torchvision.transforms.v2 import functional as TF
 
+from convirt.config import AugmentConfig, Config
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,6 +48,23 @@ class AugmentationParams:
     blur_sigma: tuple[float, float] = (0.1, 3.0)
     blur_kernel_size: int = 23
     output_size: int = 224
+
+    @classmethod
+    def from_config(cls, a: AugmentConfig) -> AugmentationParams:
+        """The parameters of a config's ``data.augment`` section."""
+        return cls(
+            crop_area=tuple(a.crop_area),
+            crop_aspect_ratio=tuple(a.crop_aspect_ratio),
+            hflip_p=a.hflip_p,
+            rotation_degrees=a.rotation_degrees,
+            translate=a.translate,
+            affine_scale=tuple(a.affine_scale),
+            brightness=tuple(a.brightness),
+            contrast=tuple(a.contrast),
+            blur_sigma=tuple(a.blur_sigma),
+            blur_kernel_size=a.blur_kernel_size,
+            output_size=a.output_size,
+        )
 
 
 class RandomAreaCrop(torch.nn.Module):
@@ -167,3 +186,9 @@ def resize_transform(size: int = 224) -> v2.Compose:
 def pad_resize_transform(size: int = 224) -> v2.Compose:
     """Deterministic classification input (Appendix B): zero-pad to square, then resize to size x size."""
     return v2.Compose([PadToSquare(), v2.Resize((size, size), antialias=True), ToModelInput()])
+
+
+def image_transforms(config: Config, train: bool = True) -> v2.Compose:
+    """The paper's augmentation family for training, a plain resize for validation/embedding."""
+    params = AugmentationParams.from_config(config.data.augment)
+    return paper_augmentation(params) if train else resize_transform(params.output_size)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from convirt.demo.config import DEMO_SETTINGS, QUICK_SETTINGS, TEXT_QUERIES
+from convirt.encoders.spec import EncoderSpec
 from convirt.errors import ConfigError
 from convirt.fileio import atomic_write_json
 from convirt.synthetic.dataset import MULTIPLE, generate_dataset
@@ -100,7 +101,9 @@ def demo_config(settings: DemoSettings, manifest: Path, output_dir: Path):
     config = load_config(settings.config, overrides + list(settings.overrides))
     if settings.steps is not None:
         if settings.steps < 1:
-            raise ConfigError(f"--steps must be at least 1, not {settings.steps}")
+            raise ConfigError(
+                f"the number of pretraining steps must be at least 1, not {settings.steps}", setting="steps"
+            )
         every = max(1, min(config.train.val_every_steps, settings.steps))
         overrides.append(f"train.val_every_steps={every}")
         overrides.append(f"train.max_evals={max(1, math.ceil(settings.steps / every))}")
@@ -241,8 +244,7 @@ def _single_category_test(labels_csv: Path) -> tuple[list[str], list[str]]:
 
 def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, settings: DemoSettings, log) -> dict:
     """Retrieval, zero-shot, linear probe and the figures; returns numbers and the objects the report needs."""
-    from convirt.analysis.encoders import ConvirtEmbedder, load_embedder
-    from convirt.api import ConvirtEncoder
+    from convirt.encoders.embedders import load_embedder
     from convirt.evaluation.retrieval import evaluate_labelled
     from convirt.evaluation.zeroshot import evaluate_zeroshot
 
@@ -251,11 +253,11 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
     prompts = {c: TEXT_QUERIES[c] for c in categories}
     counts = {c: labels.count(c) for c in categories}
     log(f"demo: evaluating on {len(paths)} single-category test images {counts}")
-    encoder = ConvirtEncoder.from_checkpoint(checkpoint)
-    convirt = ConvirtEmbedder(encoder, "ConVIRT", str(checkpoint))
-    random_like = load_embedder(f"random-like:{checkpoint}", "random init", seed=settings.seed)
+    spec = EncoderSpec.parse(checkpoint)  # every use below shares this one read of the checkpoint
+    convirt = load_embedder(spec, "ConVIRT")
+    random_like = load_embedder(spec.random_like(), "random init", seed=settings.seed)
     embedders = [convirt, random_like]
-    initial = pretrained_init_spec(checkpoint)
+    initial = pretrained_init_spec(spec)
     if initial is not None:  # the weights pretraining started from (ImageNet): image-image retrieval only
         image_size = settings.eval_image_size or settings.image_size
         embedders.append(load_embedder(initial, IMAGENET_LABEL, image_size=image_size))
@@ -293,11 +295,11 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
         for r in zero_shot
     }
 
-    probe, probe_runs = linear_probe(checkpoint, labels_csv, work / "classification", settings, log)
+    probe, probe_runs = linear_probe(spec, labels_csv, work / "classification", settings, log)
 
     figures: dict[str, str] = {}
     try:
-        figures.update(_figures(convirt, random_like, encoder, paths, labels, categories, prompts, out, settings))
+        figures.update(_figures(convirt, random_like, paths, labels, categories, prompts, out, settings))
     except Exception as exc:
         log(f"demo: figures failed: {exc!r}")
     return {
@@ -313,7 +315,7 @@ def evaluate_demo(checkpoint: Path, labels_csv: Path, out: Path, work: Path, set
     }
 
 
-def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSettings, log):
+def linear_probe(checkpoint: EncoderSpec, labels_csv: Path, out: Path, settings: DemoSettings, log):
     """Linear probe on cached features: ConVIRT image encoder vs random and ImageNet init, 1/10/100 % labels."""
     from convirt.data.labelled import read_labelled_manifest
     from convirt.evaluation.classification import ClassificationSettings, EncoderChoice, Recipe, evaluate_classification
@@ -329,8 +331,8 @@ def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSe
         encoder_seed=settings.seed,
     )  # fmt: skip
     choices = [
-        EncoderChoice(str(checkpoint), "ConVIRT", "convirt"),
-        EncoderChoice(f"random:{_architecture(checkpoint)}", "random init", "random"),
+        EncoderChoice(checkpoint, "ConVIRT", "convirt"),
+        EncoderChoice(f"random:{checkpoint.architecture}", "random init", "random"),
     ]
     encoders = [("convirt", "ConVIRT"), ("random_init", "random init")]
     initial = pretrained_init_spec(checkpoint)
@@ -354,20 +356,13 @@ def linear_probe(checkpoint: Path, labels_csv: Path, out: Path, settings: DemoSe
     return probe, runs
 
 
-def _architecture(checkpoint: Path) -> str:
-    from convirt.checkpoint import read_checkpoint
-
-    return read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]["model"]["image_encoder"]
-
-
-def pretrained_init_spec(checkpoint: Path) -> str | None:
+def pretrained_init_spec(checkpoint: EncoderSpec) -> str | None:
     """The image encoder pretraining started from, as an encoder spec (``NAME=FILE`` or ``imagenet:NAME``), or
     None when it started from random weights: the paper's "ImageNet" baseline row."""
-    from convirt.checkpoint import read_checkpoint
     from convirt.models.image import offline_imagenet_file, weights_kind
 
-    model = read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]["model"]
-    name, weights = model["image_encoder"], model.get("image_weights")
+    model = checkpoint.checkpoint().config.model
+    name, weights = model.image_encoder, model.image_weights
     kind = weights_kind(weights)
     if kind == "random":
         return None
@@ -376,15 +371,12 @@ def pretrained_init_spec(checkpoint: Path) -> str | None:
     return f"imagenet:{name}" if kind == "imagenet" else f"{name}={weights}"
 
 
-def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, out: Path, settings) -> dict:
-    from PIL import Image
-
+def _figures(convirt, random_like, paths, labels, categories, prompts, out: Path, settings) -> dict:
     from convirt.analysis.contact_sheet import contact_sheet
-    from convirt.analysis.saliency import SaliencyItem, finer_layer, saliency_grid, text_grad_cam
+    from convirt.analysis.saliency import FINER, saliency_grid, text_saliency
     from convirt.analysis.search import SearchHit
     from convirt.analysis.tsne import plot_tsne, tsne_panels
-    from convirt.data.images import load_image
-    from convirt.evaluation.zeroshot import class_embeddings
+    from convirt.encoders.prompts import class_embeddings
 
     figures = {}
     rng = np.random.default_rng(settings.seed)
@@ -401,17 +393,10 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
     # saliency: Grad-CAM of cos(v, u) for each finding's first text query, on one test image of that finding, at
     # the stride-16 block (the last map is 2x2 at the demo's 64 px, too coarse to localise anything)
     classes, class_emb = class_embeddings(convirt, prompts)
-    layer = finer_layer(encoder.model.image_encoder, encoder.image_size)
-    items = []
-    for category in [c for c in FINDINGS if c in classes]:
-        candidates = [p for p, lab in zip(paths, labels) if lab == category]
-        if not candidates:
-            continue
-        path = candidates[0]
-        image = load_image(path, mode="L")
-        tensor = encoder.preprocess(path)[None]
-        cams, sims = text_grad_cam(encoder.model, tensor.float(), class_emb[classes.index(category)], layer)
-        items.append(SaliencyItem(image, cams[0], f"{category}\ncos {float(sims[0]):.2f}"))
+    shown = [c for c in FINDINGS if c in classes and c in labels]
+    first_image = [paths[labels.index(c)] for c in shown]
+    queries = [class_emb[classes.index(c)] for c in shown]
+    items = text_saliency(convirt, first_image, queries, FINER, paired=True, captions=shown) if shown else []
     if items:
         saliency_grid(items, out / "saliency.png", title="Grad-CAM for each class's text query (ConVIRT)", columns=4)
         figures["saliency"] = "saliency.png"
@@ -429,5 +414,4 @@ def _figures(convirt, random_like, encoder, paths, labels, categories, prompts, 
     figures["contact_sheet_query"] = query
     figures["contact_sheet_category"] = query_category
     figures["contact_sheet_hits"] = [labels[int(i)] for i in top.indices]
-    del Image
     return figures

@@ -1,4 +1,4 @@
-"""Engine plumbing: atomic checkpoint writes and the loss-curve figure."""
+"""Engine plumbing: atomic checkpoint writes, safe checkpoint reads on resume, and the loss-curve figure."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from convirt.fileio import atomic_open, atomic_savefig
+from convirt.fileio import atomic_open, atomic_savefig, load_torch_file
 
 
 class ResumeCheckpoint(Checkpoint):
@@ -41,11 +41,15 @@ class ResumeCheckpoint(Checkpoint):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, fsyncs it and renames it into place: a process killed while
-    saving leaves the previous checkpoint intact, never a truncated one."""
+    saving leaves the previous checkpoint intact, never a truncated one. Reads (resuming: ``train.resume``,
+    ``last.ckpt``) load tensors and plain data only, whatever Lightning or torch default to."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         with atomic_open(path, "wb") as handle:
             torch.save(checkpoint, handle)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: Any = None) -> Any:
+        return load_torch_file(path, "checkpoint")
 
 
 def read_metric_logs(log_dir: str | os.PathLike) -> pd.DataFrame:

@@ -13,8 +13,8 @@ from convirt.config import Config
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset, missing_image_rows
 from convirt.data.sampling import ResumableStreamSampler, ShardedEvalSampler
+from convirt.data.transforms import image_transforms
 from convirt.errors import ConfigError, ManifestError
-from convirt.models.factory import image_transforms
 
 log = logging.getLogger("convirt")
 

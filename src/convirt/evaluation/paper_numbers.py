@@ -23,18 +23,6 @@ CLASSIFICATION: dict[tuple[str, str, str], dict[float, float]] = {
 }
 CLASSIFICATION_METRIC = {"rsna": "AUC", "chexpert": "mean AUC", "covidx": "accuracy", "mura": "AUC (patient level)"}
 
-# The 8 categories of CheXpert 8x200 retrieval (Appendix D), in the paper's order.
-CHEXPERT_8X200_CATEGORIES = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Edema",
-    "Fracture",
-    "Pleural Effusion",
-    "Pneumonia",
-    "Pneumothorax",
-    "No Finding",
-)
-
 # Table 2, CheXpert 8x200 zero-shot retrieval: (task, method) -> {k: Precision@k}.
 RETRIEVAL: dict[tuple[str, str], dict[int, float]] = {
     ("image_image", "convirt"): {5: 45.0, 10: 42.9, 50: 35.7},

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from convirt.errors import ConfigError, ModelLoadError
+from convirt.fileio import load_torch_file
 
 # The classifier module of common torchvision families, by attribute path. Others: the last nn.Linear.
 _KNOWN_HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "regnet": "fc", "densenet": "classifier"}
@@ -150,9 +151,9 @@ def _download_imagenet(name: str, weights_value: str) -> dict[str, torch.Tensor]
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise ModelLoadError(
             f"could not download the ImageNet weights {weights} for {name!r} ({type(exc).__name__}: {exc}). "
-            f"On a machine with a network, download {weights.url} and pass it as a local file "
-            f"(pretraining: model.image_weights=/path/to/{Path(weights.url).name}; evaluation: "
-            f"--encoder {name}=/path/to/{Path(weights.url).name}), or place it in {cache}."
+            f"On a machine with a network, download {weights.url} and use it as a local file "
+            f"(pretraining: model.image_weights=/path/to/{Path(weights.url).name}; evaluation: the encoder "
+            f"{name}=/path/to/{Path(weights.url).name}), or place it in {cache}."
         ) from exc
 
 
@@ -259,14 +260,18 @@ def _load_local(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
         raise ModelLoadError(f"image weights file {file} does not exist (model.image_weights)")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
-            return load_file(str(file))
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read image weights {file}: {exc}") from exc
+        try:
+            state = load_file(str(file))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read image weights {file}: {exc}") from exc
+    else:
+        state = load_torch_file(file, "image weights file", error=ModelLoadError)
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"image weights file {file} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def create_image_encoder(name: str = "resnet50", weights: str | os.PathLike | None = None) -> ImageEncoder:

@@ -4,7 +4,7 @@ Each objective builds the three things the engine needs from a config: the Light
 PyTorch model whose image encoder is ``model.image_encoder``, an :class:`~convirt.models.image.ImageEncoder`), the
 Lightning data module, and the ``convirt`` checkpoint payload (config + whatever is needed to rebuild the model
 offline). Because every objective keeps its image encoder at ``model.image_encoder``, every checkpoint exports
-and evaluates the same way (:func:`convirt.checkpoint.load_image_encoder_from_checkpoint`).
+and evaluates the same way (:func:`convirt.encoders.checkpoint.load_image_encoder_from_checkpoint`).
 
 Register a new objective by adding its builder to :data:`OBJECTIVES` ("module:function").
 """

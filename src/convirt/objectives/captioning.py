@@ -5,7 +5,7 @@ Both decode the report from the image encoder's last spatial feature map
 teacher forcing (cross-entropy of the next word, padding ignored). Validation every ``train.val_every_steps``:
 the teacher-forced loss (val/loss, which drives the engine's plateau LR halving) and CIDEr-D of greedy-decoded
 reports against the reference reports of the held-out (val) split (val/cider, computed with
-:func:`convirt.evaluation.cider.cider_d`); ``best.ckpt`` is the checkpoint with the highest val/cider.
+:func:`convirt.text.cider.cider_d`); ``best.ckpt`` is the checkpoint with the highest val/cider.
 
 - ``caption_lstm``: Show, Attend and Tell (Xu et al., 2015): soft additive attention over the grid, a gating
   scalar on the context, an LSTMCell fed [word embedding; context], initial state from the mean feature, dropout
@@ -36,10 +36,10 @@ from torch import nn
 from convirt.config import Config
 from convirt.data.manifest import read_paired_manifest
 from convirt.errors import ConfigError
-from convirt.evaluation.cider import caption_words, cider_d
 from convirt.models.image import ImageEncoder, create_image_encoder
 from convirt.objectives import ObjectiveParts
 from convirt.objectives.common import BaselineModule, ObjectiveDataModule, baseline_payload, objective_params, require
+from convirt.text.cider import caption_words, cider_d
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]

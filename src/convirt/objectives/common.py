@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from convirt.checkpoint import FORMAT_VERSION
 from convirt.config import Config
 from convirt.data.paired import PairedDataset
+from convirt.encoders.checkpoint import checkpoint_payload
 from convirt.engine.data import PairedDataModule
 from convirt.engine.module import ConVIRTModule
 from convirt.errors import ConfigError
@@ -74,7 +74,7 @@ def require(condition: bool, key: str, message: str) -> None:
 
 def baseline_payload(config: Config, **extra: Any) -> dict[str, Any]:
     """The ``convirt`` checkpoint entry of a baseline: format version, the run's config, objective extras."""
-    return {"format_version": FORMAT_VERSION, "config": config.to_dict(), **extra}
+    return checkpoint_payload(config, **extra)
 
 
 class BaselineModule(ConVIRTModule):

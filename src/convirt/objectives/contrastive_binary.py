@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convirt.checkpoint import text_model_payload
 from convirt.config import Config
 from convirt.data.paired import PairedCollator
-from convirt.models.factory import create_tokenizer
+from convirt.encoders.build import create_tokenizer
+from convirt.encoders.checkpoint import text_model_payload
 from convirt.models.image import ImageEncoder, create_image_encoder
 from convirt.models.text import TextEncoder, create_text_encoder
 from convirt.objectives import ObjectiveParts

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from convirt.checkpoint import convirt_payload
 from convirt.config import Config
+from convirt.encoders.build import create_model, create_tokenizer
+from convirt.encoders.checkpoint import convirt_payload
 from convirt.engine.data import PairedDataModule
 from convirt.engine.module import ConVIRTModule
-from convirt.models.factory import create_model, create_tokenizer
 from convirt.objectives import ObjectiveParts
 
 

@@ -30,13 +30,13 @@ from typing import Any
 import pandas as pd
 
 from convirt.data.manifest import IMAGE_SEPARATOR, PAIRED_COLUMNS, write_table
+from convirt.data.splits import assign_splits, patient_groups
 from convirt.errors import ConfigError
 from convirt.text.tokenize import count_tokens
 
 from .image_cache import FAILURES, IMAGE_FORMATS, CacheResult, CacheSettings, build_cache, target_names
 from .options import PrepareOptions
 from .report import DROP_REASONS, IMAGE_FAILURES, PrepareReport, summarize
-from .splits import assign_splits, patient_groups
 from .textproc import process_text
 from .types import PrepareSource, RawPair, SourceData
 

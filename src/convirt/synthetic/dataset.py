@@ -194,9 +194,9 @@ def generate_dataset(
 ) -> SyntheticDataset:
     """Generate ``size`` paired studies into ``output_dir`` (see the module docstring); returns a summary."""
     if size < 1:
-        raise ConfigError(f"--size must be at least 1, not {size}")
+        raise ConfigError(f"the number of studies must be at least 1, not {size}", setting="size")
     if image_size < 64:
-        raise ConfigError(f"--image-size must be at least 64 px, not {image_size}")
+        raise ConfigError(f"the image size must be at least 64 px, not {image_size}", setting="image_size")
     if len(split) != 3 or abs(sum(split) - 1.0) > 1e-6 or min(split) < 0:
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, not {split}")
     out = Path(output_dir)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from convirt.evaluation.paper_numbers import CHEXPERT_8X200_CATEGORIES
+from convirt.data.chexpert8x200 import CHEXPERT_8X200_CATEGORIES
 
 # The CheXpert 8x200 categories (paper Appendix D), in our column order.
 CATEGORIES = CHEXPERT_8X200_CATEGORIES

@@ -16,6 +16,7 @@ spec            layout                                                          
 manifest) plus keyword options that the adapter accepts (``val_size``, ``seed``, ``uncertain`` ...), and returns a
 validated :class:`~convirt.data.labelled.LabelledManifest`. Every adapter also exposes ``build(path, **options)``.
 Save the result with :func:`convirt.data.labelled.write_labelled_manifest` to freeze the split.
+:func:`labelled_images` reduces a dataset's split to one class per image (retrieval, zero-shot, figures).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from convirt.data.labelled import LabelledManifest, read_labelled_manifest
 from convirt.errors import ConfigError
@@ -67,3 +71,50 @@ def load_labelled_dataset(spec: str | os.PathLike, **options) -> LabelledManifes
         raise ConfigError(f"dataset kind {kind!r} does not take option(s) {unknown}; it takes {accepted}")
     module = importlib.import_module(ADAPTERS[kind])
     return module.build(path, **options)
+
+
+def labelled_images(spec: str | os.PathLike, split: str | None = "test") -> tuple[list[str], list[str], dict]:
+    """(paths, class names, description) of a labelled dataset's split, one class per image.
+
+    Multi-label datasets keep the images positive for exactly one label and known negative for all others (as
+    CheXpert 8x200 was drawn), labelled by that label. ``split`` None or ``all``: every row.
+    """
+    kind, path = parse_dataset_spec(str(spec))
+    # An absolute path: adapters resolve image paths against the dataset root, which a relative root breaks.
+    manifest = load_labelled_dataset(f"{kind}:{path.expanduser().resolve()}")
+    if split and split != "all":
+        manifest = manifest.split(split)
+    if len(manifest) == 0:
+        raise ConfigError(f"dataset {spec} has no images in split {split!r}")
+    names = manifest.task.class_names
+    paths = list(manifest.images)
+    if manifest.task.kind == "multilabel":
+        targets = manifest.targets
+        exclusive = (np.nansum(targets == 1, axis=1) == 1) & ~np.isnan(targets).any(axis=1)
+        rows = np.flatnonzero(exclusive)
+        labels = [names[int(np.argmax(targets[i]))] for i in rows]
+        paths = [paths[i] for i in rows]
+    else:
+        labels = [names[int(t)] for t in manifest.targets]
+    info = {
+        "dataset": str(spec),
+        "split": split,
+        "task": manifest.task.name,
+        "n_images": len(paths),
+        "images_per_class": {c: labels.count(c) for c in names if c in labels},
+    }
+    return paths, labels, info
+
+
+def sample_per_class(
+    paths: Sequence[str], labels: Sequence[str], categories: Sequence[str], max_per_class: int | None, seed: int
+) -> tuple[list[str], list[str]]:
+    """The images of ``categories`` (in that order), at most ``max_per_class`` of each drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for category in categories:
+        rows = [i for i, label in enumerate(labels) if label == category]
+        if max_per_class is not None and len(rows) > max_per_class:
+            rows = sorted(rng.choice(rows, size=max_per_class, replace=False).tolist())
+        keep += rows
+    return [paths[i] for i in keep], [labels[i] for i in keep]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from convirt.data.manifest import require_columns
+from convirt.data.splits import assign_splits
 from convirt.errors import ManifestError
-from convirt.prepare.splits import assign_splits
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp")
 SPLIT_ALIASES = {

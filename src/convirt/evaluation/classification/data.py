@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from convirt.data.images import load_image
-from convirt.data.transforms import pad_resize_transform, pil_to_uint8_tensor
+from convirt.encoders.embedders import ImagePreprocessor
 
 
 class ClassificationImages(Dataset):
@@ -22,14 +21,13 @@ class ClassificationImages(Dataset):
 
     def __init__(self, images: Sequence[str], image_size: int = 224) -> None:
         self.images = images
-        self.transform = pad_resize_transform(image_size)
+        self.preprocess = ImagePreprocessor(image_size, pad=True)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_image(self.images[index], mode="L")
-        return self.transform(pil_to_uint8_tensor(image)), index
+        return self.preprocess(self.images[index]), index
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:

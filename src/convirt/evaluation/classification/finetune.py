@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from convirt.data.labelled import LabelledTask
+from convirt.encoders.embedders import to_device
 from convirt.evaluation.classification.data import evaluation_pass, training_epochs
-from convirt.evaluation.classification.features import prepare_batch
 from convirt.evaluation.classification.linear import _finish
 from convirt.evaluation.classification.training import (
     EvalSplit,
@@ -78,7 +78,7 @@ def finetune(
         model = EncoderClassifier(encoder, head)
 
         def forward(images: torch.Tensor) -> torch.Tensor:
-            return model(prepare_batch(images, device, fast))
+            return model(to_device(images, device, fast))
 
         batches_for = training_epochs(train, recipe.batch_size, seed, image_size, workers)
 
@@ -91,7 +91,7 @@ def finetune(
         while steps < recipe.warmup_steps:
             for images, positions in batches_for(WARMUP_EPOCH_OFFSET + round_):
                 with torch.no_grad(), autocast():
-                    features = encoder(prepare_batch(images, device, fast))
+                    features = encoder(to_device(images, device, fast))
                 loss = task_loss(task, head(features.float()), train_y[torch.as_tensor(positions)])
                 warmup.zero_grad(set_to_none=True)
                 loss.backward()

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import torch
 
 from convirt.data.labelled import LabelledTask
+from convirt.encoders.embedders import prepare_module, to_device
 from convirt.evaluation.classification.data import epoch_batches, evaluation_pass, training_epochs
-from convirt.evaluation.classification.features import prepare_batch, prepare_encoder
 from convirt.evaluation.classification.metrics import score_predictions
 from convirt.evaluation.classification.training import (
     EvalSplit,
@@ -119,14 +119,14 @@ def linear_probe_images(
     timer = Timer()
     device = torch.device(device)
     lr = recipe.task_lr(task)
-    encoder = prepare_encoder(encoder, device, fast)
+    encoder = prepare_module(encoder, device, fast)
     encoder.requires_grad_(False)
     autocast = bf16_autocast(device, fast)
     train_y = targets_tensor(task, train.targets).to(device)
 
     def frozen(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast():
-            return encoder(prepare_batch(images, device, fast)).float()
+            return encoder(to_device(images, device, fast)).float()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -13,7 +13,6 @@ curves of every seed) and ``manifest.csv`` (+ ``.task.json``: the exact labelled
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import platform
 import sys
@@ -26,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convirt.api import bf16_supported, default_device, load_image_encoder
-from convirt.checkpoint import checkpoint_objective
 from convirt.data.labelled import LabelledManifest, write_labelled_manifest
-from convirt.errors import ConfigError, ManifestError, ModelLoadError
-from convirt.evaluation.classification.features import cached_features, encoder_fingerprint
+from convirt.encoders.embedders import encoder_fingerprint
+from convirt.encoders.spec import EncoderSpec
+from convirt.errors import ConfigError, ManifestError
+from convirt.evaluation.classification.features import cached_features
 from convirt.evaluation.classification.finetune import finetune
 from convirt.evaluation.classification.linear import linear_probe_features, linear_probe_images
 from convirt.evaluation.classification.metrics import aggregate_by_group, roc_auc, roc_curves
@@ -47,6 +46,7 @@ from convirt.evaluation.classification.subsets import label_fraction_subset
 from convirt.evaluation.classification.training import EvalSplit, Recipe, RunOutcome
 from convirt.fileio import atomic_write_json, atomic_write_text
 from convirt.models.image import ImageEncoder
+from convirt.runtime import bf16_supported, default_device
 
 PROTOCOLS = ("linear", "finetune")
 RECIPES = ("features", "paper")
@@ -54,44 +54,28 @@ RECIPES = ("features", "paper")
 
 @dataclass
 class EncoderChoice:
-    """An encoder to evaluate: its ``load_image_encoder`` spec, a display name, and its kind of initialisation."""
+    """An encoder to evaluate: its specification, a display name, and its kind of initialisation."""
 
-    spec: str
+    spec: EncoderSpec | str
     name: str
     init: str  # random | imagenet | convirt (or the baseline objective of a checkpoint) | custom
 
+    def __post_init__(self) -> None:
+        self.spec = EncoderSpec.parse(self.spec)
 
-def encoder_choice(spec: str, name: str | None = None) -> EncoderChoice:
-    """Classify an encoder spec (``random:NAME``, ``imagenet:NAME``, ``.ckpt``/export folder, ``NAME=PATH``)."""
-    kind = spec.split(":", 1)[0] if ":" in spec else ""
-    path = Path(spec.split("=", 1)[-1])
-    if kind in ("random", "none"):
-        init = "random"
-    elif kind == "imagenet":
-        init = "imagenet"
-    elif path.suffix == ".ckpt":  # convirt, or the baseline objective it was pretrained with
-        init = checkpoint_objective(path) if path.is_file() else "convirt"  # (a missing file fails when loaded)
-    elif (path / "image_encoder.json").is_file():
-        init = str(json.loads((path / "image_encoder.json").read_text()).get("objective", "convirt"))
-    else:
-        init = "custom"
-    return EncoderChoice(spec=spec, name=name or spec, init=init)
+    def to_dict(self) -> dict[str, str]:
+        return {"spec": str(self.spec), "name": self.name, "init": self.init}
+
+
+def encoder_choice(spec: str | EncoderSpec, name: str | None = None) -> EncoderChoice:
+    """An encoder spec (``random:NAME``, ``imagenet:NAME``, ``.ckpt``/export folder, ``NAME=PATH``) to evaluate."""
+    parsed = EncoderSpec.parse(spec)
+    return EncoderChoice(parsed, name or parsed.text, parsed.init)
 
 
 def load_encoder(choice: EncoderChoice, seed: int = 0) -> ImageEncoder:
     """Load the encoder; random initialisation is drawn from ``seed`` so runs are reproducible."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            encoder = load_image_encoder(choice.spec)
-        except ModelLoadError as exc:
-            if choice.init != "imagenet":
-                raise
-            name = choice.spec.split(":", 1)[1]
-            raise ModelLoadError(
-                f"{exc} For `convirt evaluate classify`, pass the downloaded file as --encoder {name}=/path/to/file."
-            ) from exc
-    return encoder.float().eval()
+    return choice.spec.image_encoder(seed).float().eval()  # type: ignore[union-attr]
 
 
 @dataclass
@@ -124,7 +108,9 @@ class ClassificationSettings:
             self.seeds = tuple(range(self.seeds))
         self.seeds = tuple(int(s) for s in self.seeds)
         if self.training.standardize and (self.protocol, self.recipe) != ("linear", "features"):
-            raise ConfigError("feature standardisation (--standardize) is for the linear probe on cached features only")
+            raise ConfigError(
+                "feature standardisation is for the linear probe on cached features only", setting="standardize"
+            )
 
     @property
     def method(self) -> str:
@@ -193,7 +179,7 @@ def evaluate_classification(
     task = manifest.task
     choices = [e if isinstance(e, EncoderChoice) else encoder_choice(e) for e in encoders]
     if not choices:
-        raise ConfigError("no encoder to evaluate (give at least one --encoder)")
+        raise ConfigError("no encoder to evaluate (give at least one)", setting="encoder")
     if len({c.name for c in choices}) != len(choices):
         raise ConfigError(f"encoder names must be distinct: {[c.name for c in choices]}")
     device = torch.device(settings.device) if settings.device else default_device()
@@ -219,15 +205,15 @@ def evaluate_classification(
     for choice, encoder in zip(choices, loaded):
         started = time.perf_counter()
         fingerprint = encoder_fingerprint(encoder)
-        info = {**asdict(choice), "architecture": encoder.name, "feature_dim": encoder.feature_dim}
+        info = {**choice.to_dict(), "architecture": encoder.name, "feature_dim": encoder.feature_dim}
         info["fingerprint"] = fingerprint
         features: dict[str, torch.Tensor] = {}
         if settings.protocol == "linear" and settings.recipe == "features":
             for name, part in splits.items():
                 features[name] = cached_features(
-                    encoder, list(part.images), cache_dir, settings.image_size, settings.training.batch_size,
-                    device, fast, settings.workers, progress=True, description=f"{choice.name} {name}",
-                    fingerprint=fingerprint,
+                    encoder, list(part.images), cache_dir, settings.image_size, fingerprint,
+                    batch_size=settings.training.batch_size, device=device, fast=fast, workers=settings.workers,
+                    progress=True, description=f"{choice.name} {name}",
                 )  # fmt: skip
             info["feature_seconds"] = round(time.perf_counter() - started, 2)
             log(f"{choice.name}: features {tuple(features['train'].shape)} in {info['feature_seconds']:.0f} s")

@@ -140,7 +140,7 @@ Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 def bf16_autocast(device: torch.device, fast: bool) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of autocast contexts: bf16 when ``fast`` and the device runs bf16 natively, else no-ops."""
-    from convirt.api import bf16_supported
+    from convirt.runtime import bf16_supported
 
     if fast and bf16_supported(device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)

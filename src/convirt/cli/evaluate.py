@@ -1,6 +1,23 @@
-"""`convirt evaluate classify`: linear probe / fine-tuning of image encoders on a labelled dataset (Appendix B).
+"""``convirt evaluate classify | retrieval | zeroshot``: one sub-command per evaluation (descriptions below)."""
 
-Examples::
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from convirt.cli.options import (
+    add_dataset_options,
+    add_encoder_options,
+    command_line,
+    load_embedders,
+    read_prompt_options,
+)
+from convirt.data.sources import labelled_images
+from convirt.errors import ConfigError
+
+CLASSIFY_DESCRIPTION = """`convirt evaluate classify`: linear probe / fine-tuning of image encoders on a labelled
+dataset (the paper's Appendix B). Examples::
 
     convirt evaluate classify --dataset imagefolder:../shared/data/kermany-pneumonia \\
         --encoder random:resnet18 --encoder runs/covid/checkpoints/best.ckpt \\
@@ -12,14 +29,6 @@ Examples::
 :mod:`convirt.data.sources`); the dataset options below apply to the kinds that take them. Without
 ``--encoder``, ``--save-manifest`` only writes the labelled manifest.
 """
-
-from __future__ import annotations
-
-import argparse
-import shlex
-from pathlib import Path
-
-from convirt.errors import ConfigError
 
 DATASET_OPTIONS = {
     "val_size": "validation size: a count or a fraction of train (default: per dataset, the paper's)",
@@ -58,11 +67,30 @@ def _seeds(text: str) -> int | list[int]:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = subparsers.add_parser("evaluate", help="evaluate an encoder (classification, retrieval, zero-shot)")
+    evaluations = parser.add_subparsers(dest="evaluation", metavar="EVALUATION")
+    _register_classify(evaluations)
+    _register_retrieval(evaluations)
+    _register_zeroshot(evaluations)
+    parser.set_defaults(func=lambda args: parser.print_help() or 1)
+
+
+def _evaluation_parser(subparsers, name: str, description: str, help_text: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help_text, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classify
+
+
+def _register_classify(subparsers) -> None:
+    parser = _evaluation_parser(
+        subparsers,
         "classify",
-        help="linear probe / fine-tune an image encoder on a labelled dataset (paper Appendix B)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        CLASSIFY_DESCRIPTION,
+        "linear probe / fine-tune an image encoder on a labelled dataset (paper Appendix B)",
     )
     parser.add_argument(
         "--dataset", required=True, help="KIND:PATH (imagefolder|csv|rsna|chexpert|covidx|mura|manifest)"
@@ -100,10 +128,10 @@ def register(subparsers) -> None:
     for option, text in DATASET_OPTIONS.items():
         kind = _number if option in ("val_size", "test_size") else int if option == "split_seed" else str
         data.add_argument("--" + option.replace("_", "-"), type=kind, help=text)
-    parser.set_defaults(func=run, classify_parser=parser)
+    parser.set_defaults(func=run_classify, classify_parser=parser)
 
 
-def command_line(args: argparse.Namespace) -> str:
+def classify_command_line(args: argparse.Namespace) -> str:
     """The command as a user would type it (options that differ from their defaults), for the result files."""
     parser = args.classify_parser
     words = ["convirt", "evaluate", "classify"]
@@ -133,19 +161,20 @@ def dataset_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def run(args: argparse.Namespace) -> int:
+def run_classify(args: argparse.Namespace) -> int:
     import torch
 
     threads = torch.get_num_threads()
     try:
-        return _run(args)
+        return _run_classify(args)
     finally:
         torch.set_num_threads(threads)  # --threads applies to this command only (it may run in-process)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_classify(args: argparse.Namespace) -> int:
     from convirt.data.labelled import write_labelled_manifest
     from convirt.data.sources import load_labelled_dataset
+    from convirt.encoders.spec import parse_specs
     from convirt.evaluation.classification import ClassificationSettings, Recipe, encoder_choice
     from convirt.evaluation.classification.runner import evaluate_classification
 
@@ -165,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.name and len(args.name) != len(args.encoder):
         raise ConfigError(f"{len(args.name)} --name for {len(args.encoder)} --encoder; give one per encoder or none")
     names = args.name or [None] * len(args.encoder)
-    choices = [encoder_choice(spec, name) for spec, name in zip(args.encoder, names)]
+    choices = [encoder_choice(spec, name) for spec, name in zip(parse_specs(args.encoder), names)]
     recipe = Recipe(
         lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, batch_size=args.batch_size,
         max_epochs=args.max_epochs, warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, monitor=args.monitor,
@@ -177,8 +206,157 @@ def _run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, encoder_seed=args.encoder_seed, training=recipe,
     )  # fmt: skip
     output = args.output or str(Path("runs") / "classify" / f"{manifest.task.name}-{args.protocol}")
-    command = command_line(args)
+    command = classify_command_line(args)
     evaluate_classification(manifest, choices, settings, output, command=command)
     print(f"wrote {output}/summary.md, runs.csv, metrics.json and roc/*.png")
     print(Path(output, "summary.md").read_text())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# retrieval
+
+RETRIEVAL_DESCRIPTION = """`convirt evaluate retrieval`: zero-shot retrieval, official CheXpert 8x200 protocol or any
+labelled dataset.
+
+Official protocol (needs a CheXpert-v1.0-small download)::
+
+    convirt evaluate retrieval --chexpert-root /data --encoder runs/convirt/checkpoints/best.ckpt \\
+        --encoder imagenet:resnet50 --output results/retrieval
+
+Generic (a labelled dataset with text queries per class)::
+
+    convirt evaluate retrieval --dataset ../shared/data/kermany-pneumonia --split test \\
+        --prompts ../shared/data/convirt-retrieval/text_query.csv \\
+        --prompt-map "NORMAL=No Finding" --prompt-map PNEUMONIA=Pneumonia \\
+        --encoder best.ckpt --encoder random-like:best.ckpt --output results/kermany-retrieval
+
+Writes ``retrieval.csv``, ``retrieval.md`` (the paper's Table 2 layout) and ``metrics.json`` to ``--output``.
+"""
+
+
+def _register_retrieval(subparsers) -> None:
+    parser = _evaluation_parser(
+        subparsers,
+        "retrieval",
+        RETRIEVAL_DESCRIPTION,
+        "zero-shot image-image and text-image retrieval (CheXpert 8x200 or a labelled dataset)",
+    )
+    official = parser.add_argument_group("official CheXpert 8x200 protocol")
+    official.add_argument(
+        "--chexpert-root", metavar="DIR", help="folder containing CheXpert-v1.0-small/ (or that folder itself)"
+    )
+    official.add_argument(
+        "--lists", metavar="DIR", help="folder of candidate.csv, image_query.csv, text_query.csv (default: shared data)"
+    )
+    add_dataset_options(parser)
+    parser.add_argument(
+        "--image-queries-per-class",
+        type=int,
+        metavar="N",
+        help="labelled data: draw N query images per class (removed from the candidates); default: every image "
+        "queries all the others",
+    )
+    add_encoder_options(parser)
+    parser.add_argument(
+        "--space", choices=("both", "h_v", "v"), default="both", help="image space for image-image retrieval"
+    )
+    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 50, 100], help="Precision@k cut-offs")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for CSV, Markdown, metrics.json")
+    parser.add_argument("--title", default=None, help="Markdown title")
+    parser.set_defaults(func=run_retrieval)
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from convirt.data.chexpert8x200 import read_official_lists, resolve_chexpert_paths
+    from convirt.evaluation.retrieval import evaluate_labelled, evaluate_official, write_report
+
+    if bool(args.chexpert_root) == bool(args.dataset):
+        raise ConfigError("give either --chexpert-root (official CheXpert 8x200 lists) or --dataset (labelled data)")
+    spaces = ("h_v", "v") if args.space == "both" else (args.space,)
+    if args.chexpert_root:
+        # The released lists are checked for their official sizes; a custom --lists folder only for its categories.
+        lists = read_official_lists(args.lists, strict=args.lists is None)
+        # Check the images before loading any model: a wrong root fails in a second, not after a minute.
+        resolve_chexpert_paths(lists.image_paths(), args.chexpert_root)
+        embedders = load_embedders(args)
+        report = evaluate_official(embedders, args.chexpert_root, lists, args.k, spaces, args.batch_size)
+        title = args.title or "Zero-shot retrieval, CheXpert 8x200 (official lists)"
+    else:
+        paths, labels, info = labelled_images(args.dataset, args.split)
+        prompts = read_prompt_options(args) if args.prompts else None
+        embedders = load_embedders(args)
+        report = evaluate_labelled(
+            embedders,
+            paths,
+            labels,
+            prompts,
+            args.k,
+            spaces,
+            args.image_queries_per_class,
+            args.seed,
+            args.batch_size,
+            source=args.dataset,
+        )
+        report.data.update({k: v for k, v in info.items() if k not in report.data})
+        if args.prompts:
+            report.data["prompts"] = args.prompts
+        title = args.title or f"Zero-shot retrieval, {info['task']} ({args.split})"
+    report.data["encoders"] = {e.label: e.spec for e in embedders}
+    files = write_report(report, args.output, command_line(), title)
+    for result in report.results:
+        means = ", ".join(f"P@{k} {result.mean[k]:.1f}" for k in result.ks)
+        print(f"{result.encoder:>24}  {result.task:<11} {result.space:<4} {means}")
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# zeroshot
+
+ZEROSHOT_DESCRIPTION = """`convirt evaluate zeroshot`: zero-shot classification of a labelled dataset from text
+prompts per class.
+
+::
+
+    convirt evaluate zeroshot --dataset ../shared/data/kermany-pneumonia --split test --prompts builtin:kermany \\
+        --encoder runs/convirt/checkpoints/best.ckpt --encoder random-like:runs/convirt/checkpoints/best.ckpt \\
+        --output results/kermany-zeroshot
+
+Writes ``zeroshot.csv``, ``zeroshot.md`` and ``metrics.json`` to ``--output``.
+"""
+
+
+def _register_zeroshot(subparsers) -> None:
+    parser = _evaluation_parser(
+        subparsers,
+        "zeroshot",
+        ZEROSHOT_DESCRIPTION,
+        "zero-shot classification from text prompts (class embedding = mean of its prompts)",
+    )
+    add_dataset_options(parser)
+    add_encoder_options(parser)
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="softmax temperature (default: the checkpoint's tau)"
+    )
+    parser.add_argument("--output", "-o", required=True, metavar="DIR")
+    parser.set_defaults(func=run_zeroshot)
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    from convirt.evaluation.zeroshot import evaluate_zeroshot, write_zeroshot_report
+
+    if not args.dataset or not args.prompts:
+        raise ConfigError("zero-shot classification needs --dataset and --prompts")
+    prompts = read_prompt_options(args)
+    paths, labels, info = labelled_images(args.dataset, args.split)
+    embedders = load_embedders(args)
+    results = evaluate_zeroshot(embedders, paths, labels, prompts, args.temperature, args.batch_size)
+    info["prompts"] = args.prompts
+    info["encoders"] = {e.label: e.spec for e in embedders}
+    files = write_zeroshot_report(results, prompts, args.output, command_line(), info)
+    for r in results:
+        auc = "–" if r.mean_auc is None else f"{100 * r.mean_auc:.1f}"
+        print(f"{r.encoder:>24}  accuracy {100 * r.accuracy:.1f}  mean AUC {auc}")
+    print(f"wrote {', '.join(str(p) for p in files.values())}")
     return 0

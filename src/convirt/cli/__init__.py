@@ -1,8 +1,12 @@
 """The `convirt` command line: a thin layer that parses arguments and calls library functions.
 
-Each command group lives beside the code it drives and exposes ``register(subparsers)``; this module only
-collects them. Errors a user can cause (:class:`convirt.errors.ConvirtError`) are printed as one clear message
-with exit status 2, never as a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace).
+One module per command group, each exposing ``register(subparsers)``: :mod:`.evaluate` (``evaluate classify |
+retrieval | zeroshot``), :mod:`.plot` (``plot tsne | saliency``), :mod:`.search` (``index``, ``search``),
+:mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), plus ``pretrain`` and ``prepare`` registered from
+:mod:`convirt.engine.commands` and :mod:`convirt.prepare.commands`; :mod:`.options` holds the option blocks they
+share. This module only collects them. Errors a user can cause (:class:`convirt.errors.ConvirtError`) are printed
+as one clear message with exit status 2, never as a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace); when
+the library names a setting, the message ends with the option that sets it.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import importlib
 import os
 import sys
 
+from convirt.cli.options import option_hint
 from convirt.errors import ConvirtError
 
 # Modules that add sub-commands. Each must define ``register(subparsers) -> None`` and set ``func`` defaults.
 COMMAND_MODULES = (
     "convirt.engine.commands",  # pretrain
-    "convirt.export",  # export
+    "convirt.cli.export",  # export
     "convirt.prepare.commands",  # prepare
-    "convirt.evaluation.commands",  # evaluate classify | retrieval | zeroshot
-    "convirt.analysis.commands",  # plot tsne | saliency, index, search
-    "convirt.demo.commands",  # demo, synthesize
+    "convirt.cli.evaluate",  # evaluate classify | retrieval | zeroshot
+    "convirt.cli.plot",  # plot tsne | saliency
+    "convirt.cli.search",  # index, search
+    "convirt.cli.demo",  # demo, synthesize
 )
 
 
@@ -57,13 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConvirtError as exc:
         if os.environ.get("CONVIRT_DEBUG"):
             raise
-        print(f"convirt {args.command}: error: {exc}", file=sys.stderr)
+        hint = option_hint(exc)
+        suffix = f" (on the command line: {hint})" if hint else ""
+        print(f"convirt {args.command}: error: {exc}{suffix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convirt {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`convirt export CKPT OUT`: write a pretrained model in formats other tools load directly.
+"""Export a pretraining checkpoint (``convirt export CKPT OUT``) in formats other tools load directly.
 
 OUT/
     image_encoder.pt     torchvision state dict of the image encoder (classifier keys absent):
@@ -16,20 +16,16 @@ objectives have no ConVIRT text tower and heads, and their own heads are not use
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from convirt.checkpoint import load_image_encoder_from_checkpoint, load_model, read_checkpoint
-from convirt.config import config_from_dict
+from convirt.encoders.checkpoint import Checkpoint, as_checkpoint, load_image_encoder_from_checkpoint, load_model
+from convirt.encoders.spec import EXPORT_META
 from convirt.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 
 
-def _write_image_encoder(encoder, config, checkpoint, out: Path) -> Path:
+def _write_image_encoder(encoder, config, checkpoint: Checkpoint, out: Path) -> Path:
     image_path = out / "image_encoder.pt"
     atomic_torch_save(encoder.torchvision_state_dict(), image_path)
     meta = {
@@ -38,16 +34,19 @@ def _write_image_encoder(encoder, config, checkpoint, out: Path) -> Path:
         "weights": image_path.name,
         "removed_classifier": encoder.classifier_name,
         "input": {"size": config.data.augment.output_size, "channels": 3, "normalization": "imagenet"},
-        "source_checkpoint": str(checkpoint),
+        "source_checkpoint": str(checkpoint.path),
         "objective": config.objective,
     }
-    atomic_write_json(out / "image_encoder.json", meta)
+    atomic_write_json(out / EXPORT_META, meta)
     return image_path
 
 
-def export_image_encoder_only(checkpoint: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
+def export_image_encoder_only(
+    checkpoint: Checkpoint | str | os.PathLike, output_dir: str | os.PathLike
+) -> dict[str, Any]:
     """Export the image encoder (and config) of any objective's checkpoint."""
-    config = config_from_dict(read_checkpoint(checkpoint, mmap=True)["convirt"]["config"])
+    checkpoint = as_checkpoint(checkpoint)
+    config = checkpoint.config
     encoder = load_image_encoder_from_checkpoint(checkpoint)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,9 +59,10 @@ def export_image_encoder_only(checkpoint: str | os.PathLike, output_dir: str | o
     }
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
-    """Export a pretraining checkpoint; returns the paths written."""
-    if config_from_dict(read_checkpoint(checkpoint, mmap=True)["convirt"]["config"]).objective != "convirt":
+def export_checkpoint(checkpoint: Checkpoint | str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Export a pretraining checkpoint (read once); returns the paths written."""
+    checkpoint = as_checkpoint(checkpoint)
+    if checkpoint.objective != "convirt":
         return export_image_encoder_only(checkpoint, output_dir)
     loaded = load_model(checkpoint)
     model, config = loaded.model, loaded.config
@@ -98,20 +98,3 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     atomic_torch_save(heads, out / "heads.pt")
     atomic_write_text(out / "convirt_config.yaml", config.to_yaml())
     return {"image_encoder": str(image_path), "text_encoder": str(text_dir), "heads": str(out / "heads.pt")}
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a checkpoint: torchvision image encoder (+ Hugging Face text encoder and heads for ConVIRT)",
-    )
-    parser.add_argument("checkpoint", help="a convirt pretraining checkpoint (.ckpt)")
-    parser.add_argument("output", help="output folder")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    with torch.no_grad():  # local: the CLI also runs in-process (tests, notebooks)
-        written = export_checkpoint(args.checkpoint, args.output)
-    print(json.dumps(written, indent=2))
-    return 0

@@ -1,16 +1,40 @@
-"""Options and data loading shared by the retrieval, zero-shot, t-SNE and saliency commands."""
+"""Option blocks shared by the commands, and the command line's own wording of library errors."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from convirt.encoders.embedders import Embedder, load_embedder
+from convirt.encoders.spec import parse_specs
+from convirt.errors import ConfigError, ConvirtError
 
-from convirt.analysis.encoders import Embedder, load_embedder
-from convirt.errors import ConfigError
+# Library errors name the setting to change (ConvirtError.setting); this is the option that sets it.
+OPTION_HINTS = {
+    "prompt_map": "--prompt-map CLASS=PROMPT_LABEL",
+    "lists": "--lists DIR",
+    "chexpert_root": "--chexpert-root DIR",
+    "restart": "--restart",
+    "encoder": "--encoder SPEC",
+    "index": "build one with `convirt index IMAGE_DIR --checkpoint CKPT`",
+    "size": "--size N",
+    "image_size": "--image-size N",
+    "standardize": "--standardize",
+    "steps": "--steps N",
+    "backend": "--backend torch",
+}
+
+
+def option_hint(exc: ConvirtError) -> str | None:
+    """The command-line option that fixes ``exc``, as a short phrase (None when there is none)."""
+    spec = getattr(exc, "encoder_spec", None)
+    if spec is not None and spec.kind == "imagenet":
+        return f"pass the downloaded file as --encoder {spec.name}=/path/to/file"
+    setting = getattr(exc, "setting", None)
+    return OPTION_HINTS.get(setting) if setting else None
 
 
 def add_encoder_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -54,6 +78,26 @@ def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True) -
         )
 
 
+def parse_prompt_map(items: Sequence[str] | None) -> dict[str, str] | None:
+    """``["NORMAL=No Finding", "PNEUMONIA=Pneumonia"]`` (``--prompt-map``) -> ``{"NORMAL": "No Finding", ...}``."""
+    if not items:
+        return None
+    mapping = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--prompt-map expects CLASS=PROMPT_LABEL, got {item!r}")
+        target, label = item.split("=", 1)
+        mapping[target.strip()] = label.strip()
+    return mapping
+
+
+def read_prompt_options(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The class prompts of ``--prompts`` with ``--prompt-map`` applied."""
+    from convirt.encoders.prompts import read_prompts
+
+    return read_prompts(args.prompts, parse_prompt_map(args.prompt_map))
+
+
 def load_embedders(args: argparse.Namespace) -> list[Embedder]:
     labels = args.label or []
     if labels and len(labels) != len(args.encoder):
@@ -67,43 +111,8 @@ def load_embedders(args: argparse.Namespace) -> list[Embedder]:
             device=args.device,
             fast=not args.no_fast,
         )
-        for i, spec in enumerate(args.encoder)
+        for i, spec in enumerate(parse_specs(args.encoder))
     ]
-
-
-def labelled_images(spec: str, split: str | None = "test") -> tuple[list[str], list[str], dict]:
-    """(paths, class names, description) of a labelled dataset's split, one class per image.
-
-    Multi-label datasets keep the images positive for exactly one label and known negative for all others (as
-    CheXpert 8x200 was drawn), labelled by that label.
-    """
-    from convirt.data.sources import load_labelled_dataset, parse_dataset_spec
-
-    kind, path = parse_dataset_spec(str(spec))
-    # An absolute path: adapters resolve image paths against the dataset root, which a relative root breaks.
-    manifest = load_labelled_dataset(f"{kind}:{path.expanduser().resolve()}")
-    if split and split != "all":
-        manifest = manifest.split(split)
-    if len(manifest) == 0:
-        raise ConfigError(f"dataset {spec} has no images in split {split!r}")
-    names = manifest.task.class_names
-    paths = list(manifest.images)
-    if manifest.task.kind == "multilabel":
-        targets = manifest.targets
-        exclusive = (np.nansum(targets == 1, axis=1) == 1) & ~np.isnan(targets).any(axis=1)
-        rows = np.flatnonzero(exclusive)
-        labels = [names[int(np.argmax(targets[i]))] for i in rows]
-        paths = [paths[i] for i in rows]
-    else:
-        labels = [names[int(t)] for t in manifest.targets]
-    info = {
-        "dataset": str(spec),
-        "split": split,
-        "task": manifest.task.name,
-        "n_images": len(paths),
-        "images_per_class": {c: labels.count(c) for c in names if c in labels},
-    }
-    return paths, labels, info
 
 
 def command_line() -> str:

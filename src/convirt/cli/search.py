@@ -1,0 +1,97 @@
+"""``convirt index`` and ``convirt search``: embedding search over a folder of images.
+
+::
+
+    convirt index IMAGE_DIR --checkpoint best.ckpt -o images.index.pt
+    convirt search images.index.pt "Pleural effusion is present." -k 10 --contact-sheet hits.png
+    convirt search images.index.pt --image query.png -k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from convirt.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    _register_index(subparsers)
+    _register_search(subparsers)
+
+
+def _register_index(subparsers) -> None:
+    parser = subparsers.add_parser("index", help="embed a folder of images into a searchable index file")
+    parser.add_argument("image_dir", metavar="IMAGE_DIR")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT", help="ConVIRT checkpoint (text and image search)")
+    source.add_argument("--encoder", metavar="SPEC", help="any encoder specification (image-only: image search)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="index file (default: ./<IMAGE_DIR name>.index.pt)")
+    parser.add_argument("--space", choices=("h_v", "v"), default=None, help="default: v with a checkpoint, else h_v")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunk-size", type=int, default=512, help="images per resumable part file")
+    parser.add_argument("--restart", action="store_true", help="ignore partial work and a previous index")
+    parser.add_argument("--seed", type=int, default=0, help="for random-like: encoders")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=_run_index)
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from convirt.analysis.search import build_index
+
+    output = args.output or f"{Path(args.image_dir).resolve().name}.index.pt"
+    spec = args.checkpoint or args.encoder
+    index = build_index(
+        args.image_dir,
+        spec,
+        output,
+        args.space,
+        args.batch_size,
+        args.chunk_size,
+        args.restart,
+        args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"indexed {len(index)} images ({index.space}, {tuple(index.embeddings.shape)}) into {output}")
+    if index.failed:
+        shown = "; ".join(f"{p}: {r}" for p, r in index.failed[:5])
+        print(f"skipped {len(index.failed)} unreadable file(s): {shown}")
+    return 0
+
+
+def _register_search(subparsers) -> None:
+    parser = subparsers.add_parser("search", help="search an index by text or by image")
+    parser.add_argument("index", metavar="INDEX")
+    parser.add_argument("query", nargs="?", help="text query (in quotes)")
+    parser.add_argument("--image", metavar="PATH", help="query image instead of text")
+    parser.add_argument("-k", type=int, default=10, help="number of results")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="encoder for the query (default: the index's own)")
+    parser.add_argument("--backend", choices=("torch", "faiss"), default="torch")
+    parser.add_argument("--contact-sheet", metavar="PNG", help="also write the results as an image grid")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from convirt.analysis.search import ImageIndex, embedder_for_index, format_hits, search_index
+
+    if (args.query is None) == (args.image is None):
+        raise ConfigError('give a text query ("...") or --image PATH')
+    index = ImageIndex.load(args.index)
+    if args.checkpoint is None:  # the index names its encoder: say which file that loads (it may be anywhere)
+        print(f"loading the encoder stored in the index: {index.encoder_spec}", file=sys.stderr)
+    embedder = embedder_for_index(index, args.checkpoint)
+    hits = search_index(index, args.query, args.image, args.k, embedder, args.backend)
+    if args.json:
+        print(json.dumps([{"rank": h.rank, "score": h.score, "path": h.path} for h in hits], indent=2))
+    else:
+        print(format_hits(hits))
+    if args.contact_sheet:
+        from convirt.analysis.contact_sheet import contact_sheet
+
+        contact_sheet(hits, args.contact_sheet, query_text=args.query, query_image=args.image)
+        if not args.json:
+            print(f"wrote {args.contact_sheet}")
+    return 0

@@ -1,0 +1,55 @@
+"""Assemble a ConVIRT model from the config's ``model`` section: the one place that decides how.
+
+:func:`build_convirt` is used by pretraining (:func:`create_model`: pretrained or random text weights as
+configured), by checkpoint loading (the text model rebuilt from the checkpoint, then its weights loaded) and by the
+``random-like:`` baseline (everything freshly initialised).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from convirt.config import Config, ModelConfig
+from convirt.models.convirt import ConVIRT
+from convirt.models.image import create_image_encoder
+from convirt.models.text import TextEncoder, load_pretrained_text_model, load_tokenizer
+
+FROM_CONFIG = "from-config"
+
+
+def build_convirt(
+    model_config: ModelConfig, image_weights: str | None = FROM_CONFIG, text_model: nn.Module | None = None
+) -> ConVIRT:
+    """The ConVIRT model ``model_config`` describes.
+
+    ``image_weights`` overrides ``model.image_weights`` (None: random init). ``text_model`` is the Hugging Face
+    model under the text encoder; by default it is loaded from ``model.text_encoder`` (re-initialised when
+    ``model.text_weights=random``).
+    """
+    m = model_config
+    weights = m.image_weights if image_weights == FROM_CONFIG else image_weights
+    image_encoder = create_image_encoder(m.image_encoder, weights)
+    if text_model is None:
+        text_model = load_pretrained_text_model(m.text_encoder, random_init=m.text_weights == "random")
+    text_encoder = TextEncoder(text_model, freeze_layers=m.freeze_layers, pooling=m.pooling)  # type: ignore[arg-type]
+    return ConVIRT(
+        image_encoder,
+        text_encoder,
+        projection_dim=m.projection_dim,
+        head=m.head,  # type: ignore[arg-type]
+        head_hidden_dim=m.head_hidden_dim,
+    )
+
+
+def create_model(config: Config | ModelConfig, image_weights: str | None = FROM_CONFIG) -> ConVIRT:
+    """The ConVIRT model to pretrain (``image_weights`` overrides ``model.image_weights``), in training mode."""
+    model_config = config.model if isinstance(config, Config) else config
+    model = build_convirt(model_config, image_weights)
+    return model.train()  # Hugging Face returns models in eval mode; the text tower trains with its dropout
+
+
+def create_tokenizer(config: Config | ModelConfig) -> Any:
+    model_config = config.model if isinstance(config, Config) else config
+    return load_tokenizer(model_config.text_encoder, model_config.text_lowercase)
