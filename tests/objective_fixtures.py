@@ -44,7 +44,7 @@ def fixed_batch_training(module, batch: dict[str, Any], steps: int, seed: int = 
     def measure() -> float:
         torch.manual_seed(seed)
         with torch.no_grad():
-            return float(module._loss(batch))
+            return float(module.batch_loss(batch))
 
     module.train()
     optimizer = optimizer_of(module)

@@ -25,6 +25,7 @@ from convirt.encoders.checkpoint import load_model
 from convirt.encoders.export import export_checkpoint
 from convirt.engine.train import pretrain
 from convirt.losses import convirt_loss
+from convirt.objectives import build_objective
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def trained_run(tmp_path_factory, small_manifest: Path, minilm_dir: Path):
     torch.manual_seed(config.train.seed)
     tokenizer = create_tokenizer(config)
     initial = fixed_batch_loss(create_model(config), config, tokenizer, small_manifest)
-    result = pretrain(config)
+    result = pretrain(config, build_objective)
     return config, result, initial, tokenizer
 
 
@@ -152,6 +153,7 @@ KILL_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from conftest import tiny_config
     from convirt.engine.train import pretrain
+    from convirt.objectives import build_objective
 
     class KillAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -159,14 +161,14 @@ KILL_SCRIPT = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint: a real crash
 
     config = tiny_config({manifest!r}, {output!r}, {text!r})
-    pretrain(config, extra_callbacks=[KillAt()])
+    pretrain(config, build_objective, extra_callbacks=[KillAt()])
     """
 )
 
 
 def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
     # Uninterrupted: 8 steps, validation at 4 and 8, last.ckpt every 2 steps.
-    straight = pretrain(tiny_config(covid_prepared, tmp_path / "straight", tiny_bert_dir))
+    straight = pretrain(tiny_config(covid_prepared, tmp_path / "straight", tiny_bert_dir), build_objective)
 
     # Killed with SIGKILL after step 5 (last.ckpt holds step 4), then resumed by running the same config again.
     killed_dir = tmp_path / "killed"
@@ -187,7 +189,7 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
     partial = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert partial["global_step"] == 4
-    resumed = pretrain(tiny_config(covid_prepared, killed_dir, tiny_bert_dir))
+    resumed = pretrain(tiny_config(covid_prepared, killed_dir, tiny_bert_dir), build_objective)
     assert resumed.resumed_from == killed_dir / "checkpoints" / "last.ckpt" and resumed.steps == 8
 
     a = torch.load(straight.last_checkpoint, map_location="cpu", weights_only=True)
@@ -226,7 +228,7 @@ def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepa
         train__plateau_patience=1,
         train__checkpoint_every_steps=100,
     )
-    result = pretrain(config)
+    result = pretrain(config, build_objective)
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
     # evaluations 1 (best), then 2, 3, 4: each a straight evaluation without a decrease -> halved at each
@@ -316,6 +318,6 @@ def test_missing_images_fail_or_skip_as_configured(tmp_path: Path, covid_prepare
     )
     assert code == 2
     config = tiny_config(manifest, tmp_path / "skip", tiny_bert_dir, train__max_evals=1, data__on_bad_image="skip")
-    result = pretrain(config)
+    result = pretrain(config, build_objective)
     summary = json.loads((result.output_dir / "summary.json").read_text())
     assert sum(summary["dropped_pairs_missing_images"].values()) == 3

@@ -18,6 +18,7 @@ from convirt.encoders.export import export_checkpoint
 from convirt.engine.train import pretrain
 from convirt.errors import CheckpointError, ConfigError
 from convirt.evaluation.classification.runner import encoder_choice
+from convirt.objectives import build_objective
 from objective_fixtures import small_manifest
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def test_objective_runs_in_the_engine_and_exports(objective: str, manifest: Path
         train__limit_val_batches=1,
         data__max_val_pairs=4,
     )
-    result = pretrain(config)
+    result = pretrain(config, build_objective)
     summary = json.loads((result.output_dir / "summary.json").read_text())
     assert summary["objective"] == objective and result.steps == 2
     metric = summary["best_checkpoint_metric"]
@@ -104,4 +105,4 @@ def test_objective_runs_in_the_engine_and_exports(objective: str, manifest: Path
 
 def test_unknown_objective_is_a_config_error(manifest: Path, tiny_bert_dir: Path) -> None:
     with pytest.raises(ConfigError, match="moco_v2"):
-        tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="byol")
+        build_objective(tiny_config(manifest, "/tmp/x", tiny_bert_dir, objective="byol"))

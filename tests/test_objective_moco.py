@@ -123,7 +123,7 @@ def test_a_few_steps_lower_the_loss_on_real_images(moco_parts) -> None:
         fill_queue()
         torch.manual_seed(0)
         with torch.no_grad():
-            return float(module._loss(batch))
+            return float(module.batch_loss(batch))
 
     module.train()
     optimizer = optimizer_of(module)

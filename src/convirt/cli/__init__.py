@@ -2,9 +2,8 @@
 
 One module per command group, each exposing ``register(subparsers)``: :mod:`.evaluate` (``evaluate classify |
 retrieval | zeroshot``), :mod:`.plot` (``plot tsne | saliency``), :mod:`.search` (``index``, ``search``),
-:mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), plus ``pretrain`` and ``prepare`` registered from
-:mod:`convirt.engine.commands` and :mod:`convirt.prepare.commands`; :mod:`.options` holds the option blocks they
-share. This module only collects them. Errors a user can cause (:class:`convirt.errors.ConvirtError`) are printed
+:mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), :mod:`.pretrain`, :mod:`.prepare`; :mod:`.options` holds the
+option blocks they share. This module only collects them. Errors a user can cause (:class:`convirt.errors.ConvirtError`) are printed
 as one clear message with exit status 2, never as a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace); when
 the library names a setting, the message ends with the option that sets it.
 """
@@ -21,9 +20,9 @@ from convirt.errors import ConvirtError
 
 # Modules that add sub-commands. Each must define ``register(subparsers) -> None`` and set ``func`` defaults.
 COMMAND_MODULES = (
-    "convirt.engine.commands",  # pretrain
+    "convirt.cli.pretrain",  # pretrain
     "convirt.cli.export",  # export
-    "convirt.prepare.commands",  # prepare
+    "convirt.cli.prepare",  # prepare
     "convirt.cli.evaluate",  # evaluate classify | retrieval | zeroshot
     "convirt.cli.plot",  # plot tsne | saliency
     "convirt.cli.search",  # index, search

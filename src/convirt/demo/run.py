@@ -166,6 +166,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
 
     # 3. pretrain
     from convirt.engine.train import pretrain
+    from convirt.objectives import build_objective
 
     t0 = time.perf_counter()
     run_dir = work / "pretrain"
@@ -175,7 +176,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     model, size = config.model, config.data.augment.output_size
     log(f"demo: pretraining {config.max_steps} steps, batch {config.data.batch_size}, {model.image_encoder} at "
         f"{size} px + {model.text_encoder}")  # fmt: skip
-    result = pretrain(config)
+    result = pretrain(config, build_objective)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     stage("pretrain", t0)
     if (run_dir / "loss_curve.png").is_file():

@@ -82,8 +82,9 @@ def _latest_per_step(frame: pd.DataFrame, column: str) -> pd.Series:
     return rows[column]
 
 
-def plot_loss_curve(log_dir: str | os.PathLike, output: str | os.PathLike) -> bool:
-    """Train loss (raw + smoothed) and validation loss against step; returns False when there is nothing yet."""
+def plot_loss_curve(log_dir: str | os.PathLike, output: str | os.PathLike, loss_name: str = "loss") -> bool:
+    """Train loss (raw + smoothed) and validation loss against step, the axis labelled ``loss_name``; returns False
+    when there is nothing yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +105,7 @@ def plot_loss_curve(log_dir: str | os.PathLike, output: str | os.PathLike) -> bo
     if not val.empty:
         axis.plot(val.index, val.values, "o-", color="#d94801", linewidth=1.8, markersize=4, label="validation")
     axis.set_xlabel("step")
-    axis.set_ylabel("ConVIRT loss")
+    axis.set_ylabel(loss_name)
     axis.set_title("Pretraining loss")
     axis.grid(alpha=0.3)
     axis.legend()
@@ -115,17 +116,18 @@ def plot_loss_curve(log_dir: str | os.PathLike, output: str | os.PathLike) -> bo
 
 
 class LossCurve(L.Callback):
-    """Writes OUTPUT/loss_curve.png at the end of training (and after each validation, so it is never stale)."""
+    """Writes OUTPUT/loss_curve.png at the end of training (and after each validation, so it is never stale); the
+    axis names the objective's loss (``loss_name``)."""
 
-    def __init__(self, log_dir: str | os.PathLike, output: str | os.PathLike) -> None:
-        self.log_dir, self.output = log_dir, output
+    def __init__(self, log_dir: str | os.PathLike, output: str | os.PathLike, loss_name: str = "loss") -> None:
+        self.log_dir, self.output, self.loss_name = log_dir, output, loss_name
 
     def _draw(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             logger.save()
-        plot_loss_curve(self.log_dir, self.output)
+        plot_loss_curve(self.log_dir, self.output, self.loss_name)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

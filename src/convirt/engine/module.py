@@ -1,14 +1,28 @@
-"""The Lightning wrapper around the plain-PyTorch ConVIRT model and loss.
+"""The generic objective module: what every pretraining objective shares, on Lightning.
 
-Responsibilities: the optimisation step (Adam with weight decay, as the paper), the validation loss (averaged
-over all validation pairs and processes), LR halving on plateau stepped once per validation, and the extra
-checkpoint state that makes a resumed run continue identically (plateau scheduler, RNG states, the data needed
-to rebuild the text model offline).
+:class:`ObjectiveModule` wraps a plain-PyTorch model whose image encoder is ``model.image_encoder``, and owns
+everything that is not the objective's loss:
+
+- optimisation: Adam with weight decay (as the paper) over the trainable parameters
+  (:meth:`~ObjectiveModule.build_optimizer`); the LR schedule is the plateau rule
+  (:class:`convirt.schedule.PlateauHalving`, stepped once per validation) unless the objective sets
+  ``lr_schedule`` to another and returns its per-step scheduler from :meth:`~ObjectiveModule.step_scheduler`
+  (SimCLR: constant, MoCo v2: multistep);
+- the image batch and the image encoders in channels-last layout when ``train.channels_last``, decided in one
+  place (:meth:`~ObjectiveModule.image_batch`, :meth:`~ObjectiveModule.image_encoders`);
+- the validation loss, averaged over all validation pairs and processes, and the evaluation count;
+- the checkpoint entries a resumed run needs to continue identically (``convirt_state``: plateau, RNG states,
+  evaluations, skipped images) and the objective's ``convirt`` payload (config + what rebuilds the model offline).
+
+An objective (:mod:`convirt.objectives`) subclasses it and implements :meth:`~ObjectiveModule.batch_loss`; the
+engine's :func:`~convirt.engine.train.pretrain` takes a builder returning :class:`ObjectiveParts`.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -17,8 +31,6 @@ import torch
 import torch.distributed as dist
 
 from convirt.config import Config
-from convirt.losses import ConVIRTLoss
-from convirt.models.convirt import ConVIRT
 from convirt.schedule import PlateauHalving
 
 
@@ -52,13 +64,23 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class ConVIRTModule(L.LightningModule):
-    def __init__(self, config: Config, model: ConVIRT, payload: dict[str, Any]) -> None:
+class ObjectiveModule(L.LightningModule):
+    """The engine's side of an objective; subclasses implement :meth:`batch_loss` and may set the class attributes.
+
+    ``monitor``: (metric, min|max) that picks ``best.ckpt``. ``loss_name``: the objective's loss as the loss-curve
+    axis names it. ``lr_schedule``: ``plateau`` (the engine's rule on val/loss) or the name of another schedule,
+    whose per-step scheduler :meth:`step_scheduler` returns (None: a constant LR).
+    """
+
+    monitor: tuple[str, str] = ("val/loss", "min")
+    loss_name: str = "loss"
+    lr_schedule: str = "plateau"
+
+    def __init__(self, config: Config, model: torch.nn.Module, payload: dict[str, Any]) -> None:
         super().__init__()
         self.config = config
         self.model = model
-        self.loss_fn = ConVIRTLoss(config.loss.temperature, config.loss.lambda_, config.loss.gather_distributed)
-        self.payload = payload  # config + text model config + tokenizer files, stored in every checkpoint
+        self.payload = payload  # the checkpoint's ``convirt`` entry: config + what rebuilds the model offline
         self.plateau: PlateauHalving | None = None
         self._pending_plateau: dict[str, Any] | None = None
         self._pending_rng: dict[str, Any] | None = None
@@ -67,13 +89,49 @@ class ConVIRTModule(L.LightningModule):
         self._val_count = torch.zeros(())
         self.evaluations = 0
 
+    # -- the objective ------------------------------------------------------------------------------------------
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
+        """The objective's loss of a batch (a scalar), as validated: no side effects."""
+        raise NotImplementedError
+
+    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a training batch; objectives with per-step side effects (MoCo's queue) override this."""
+        return self.batch_loss(batch)
+
+    # -- layout -------------------------------------------------------------------------------------------------
+    def image_encoders(self) -> list[torch.nn.Module]:
+        """The image encoders the batches of :meth:`image_batch` go through (MoCo adds its key encoder)."""
+        return [self.model.image_encoder]
+
+    def image_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """A (N, C, H, W) batch in the layout of :meth:`image_encoders` (channels-last when train.channels_last)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.config.train.channels_last else images
+
+    def on_fit_start(self) -> None:
+        if self.config.train.channels_last:
+            for encoder in self.image_encoders():
+                encoder.to(memory_format=torch.channels_last)
+
     # -- optimisation -------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def build_optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam with weight decay (L2, as the paper's Adam) from ``optim``; MoCo v2 uses SGD."""
         o = self.config.optim
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(parameters, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        self._attach_plateau(optimizer)
-        return optimizer
+        return torch.optim.Adam(parameters, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def step_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """The per-step LR scheduler of a schedule other than ``plateau``; None keeps the LR constant."""
+        return None
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer([p for p in self.model.parameters() if p.requires_grad])
+        self.plateau = None
+        if self.lr_schedule == "plateau":
+            self._attach_plateau(optimizer)
+            return optimizer
+        scheduler = self.step_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _attach_plateau(self, optimizer: torch.optim.Optimizer) -> None:
         """LR x lr_factor after plateau_patience straight validations without a decrease (restored on resume)."""
@@ -83,25 +141,10 @@ class ConVIRTModule(L.LightningModule):
             self.plateau.load_state_dict(self._pending_plateau)
             self._pending_plateau = None
 
-    def on_fit_start(self) -> None:
-        if self.config.train.channels_last:
-            self.model.image_encoder.to(memory_format=torch.channels_last)
-
     def on_train_start(self) -> None:
         if self._pending_rng is not None:
             restore_rng_state(self._pending_rng)
             self._pending_rng = None
-
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        images = batch["images"]
-        if self.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = self.model(images, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        return self.loss_fn(out.image_embeddings, out.text_embeddings)
-
-    def train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The loss of a training batch; objectives with per-step side effects (MoCo's queue) override this."""
-        return self._loss(batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.train_loss(batch)
@@ -118,7 +161,7 @@ class ConVIRTModule(L.LightningModule):
         self._val_count = torch.zeros((), device=self.device, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss = self._loss(batch)
+        loss = self.batch_loss(batch)
         size = batch["images"].shape[0]
         self._val_sum += loss.detach().double() * size
         self._val_count += size
@@ -134,7 +177,7 @@ class ConVIRTModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.evaluations += 1
-        if self.plateau is not None:  # objectives with another schedule (SimCLR, MoCo) have none
+        if self.plateau is not None:  # objectives with another lr_schedule (SimCLR, MoCo) have none
             self.plateau.step(val_loss)
         self.log("val/evaluations", float(self.evaluations), sync_dist=False)
 
@@ -157,3 +200,30 @@ class ConVIRTModule(L.LightningModule):
         if self.plateau is not None and self._pending_plateau is not None:
             self.plateau.load_state_dict(self._pending_plateau)
             self._pending_plateau = None
+
+
+@dataclass
+class ObjectiveParts:
+    """What :func:`~convirt.engine.train.pretrain` trains: an objective's module and data module (set up for fit).
+
+    The checkpoint payload, the metric that picks ``best.ckpt`` and the loss's name are the module's.
+    """
+
+    module: ObjectiveModule
+    data: L.LightningDataModule
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.module.payload
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return self.module.monitor
+
+    @property
+    def loss_name(self) -> str:
+        return self.module.loss_name
+
+
+ObjectiveBuilder = Callable[[Config], ObjectiveParts]
+"""Builds an objective's parts from a config (e.g. :func:`convirt.objectives.build_objective`)."""

@@ -1,19 +1,23 @@
-"""`pretrain(config)`: the ConVIRT pretraining run on Lightning.
+"""`pretrain(config, objective)`: a pretraining run on Lightning, for any objective.
+
+``objective`` builds the objective's parts from the config (:class:`~convirt.engine.module.ObjectiveParts`: its
+:class:`~convirt.engine.module.ObjectiveModule` and data module); callers take it from the objective registry,
+``pretrain(config, convirt.objectives.build_objective)``. The engine imports no objective.
 
 Layout of ``train.output_dir``::
 
     config.yaml              the resolved config of the run
     checkpoints/last.ckpt    resume point, written every train.checkpoint_every_steps and at the end
-    checkpoints/best.ckpt    lowest validation loss so far
+    checkpoints/best.ckpt    best evaluation so far by the objective's monitor (lowest val/loss; captioners: val/cider)
     logs/version_N/          CSV metrics, one folder per session (a resumed run adds one)
     tensorboard/version_N/   TensorBoard events
-    loss_curve.png           train and validation loss against step
+    loss_curve.png           train and validation loss against step (axis: the objective's loss_name)
     summary.json             best validation loss, steps, seconds, skipped images
     skipped_images.txt       unreadable images skipped during training (when any)
 
 Stopping rule (paper): validation every ``val_every_steps``; LR x ``lr_factor`` after ``plateau_patience``
 evaluations without a decrease; stop after ``max_evals`` evaluations (``max_steps = val_every_steps *
-max_evals``); keep the checkpoint with the lowest validation loss.
+max_evals``); keep the best checkpoint by the objective's monitor.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from convirt.config import Config
 from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
+from convirt.engine.module import ObjectiveBuilder
 from convirt.errors import CheckpointError, ConfigError
 from convirt.fileio import atomic_write_json, atomic_write_text
-from convirt.objectives import build_objective
 from convirt.runtime import bf16_supported
 
 log = logging.getLogger("convirt")
@@ -108,8 +112,10 @@ def build_trainer(
     resuming: bool,
     extra_callbacks: list | None = None,
     monitor: tuple[str, str] = ("val/loss", "min"),
+    loss_name: str = "loss",
 ) -> L.Trainer:
-    """``monitor`` = (metric, min|max) that picks best.ckpt: val/loss for ConVIRT, val/cider for the captioners."""
+    """``monitor`` = (metric, min|max) that picks best.ckpt: val/loss for ConVIRT, val/cider for the captioners;
+    ``loss_name`` labels the loss curve's axis."""
     t = config.train
     accelerator = resolve_accelerator(config)
     checkpoint_dir = output_dir / "checkpoints"
@@ -127,7 +133,7 @@ def build_trainer(
     callbacks: list[L.Callback] = [
         best,
         last,
-        LossCurve(output_dir / "logs", output_dir / "loss_curve.png"),
+        LossCurve(output_dir / "logs", output_dir / "loss_curve.png", loss_name),
     ]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_steps))))
@@ -157,8 +163,12 @@ def build_trainer(
     )
 
 
-def pretrain(config: Config, extra_callbacks: list | None = None) -> PretrainResult:
-    """Run (or resume) ConVIRT pretraining as configured; returns where the results are."""
+def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list | None = None) -> PretrainResult:
+    """Run (or resume) pretraining as configured; returns where the results are.
+
+    ``objective(config)`` builds the objective's parts; it is called after the global seed is set, so the same
+    config builds the same initial weights.
+    """
     output_dir = Path(config.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = output_dir / "checkpoints"
@@ -166,11 +176,15 @@ def pretrain(config: Config, extra_callbacks: list | None = None) -> PretrainRes
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    parts = build_objective(config)
-    module, data = parts.module, parts.data
-    monitor = getattr(module, "monitor", ("val/loss", "min"))
+    parts = objective(config)
+    module, data, monitor = parts.module, parts.data, parts.monitor
     trainer = build_trainer(
-        config, output_dir, resuming=resume_from is not None, extra_callbacks=extra_callbacks, monitor=monitor
+        config,
+        output_dir,
+        resuming=resume_from is not None,
+        extra_callbacks=extra_callbacks,
+        monitor=monitor,
+        loss_name=parts.loss_name,
     )
     if trainer.is_global_zero:
         atomic_write_text(output_dir / "config.yaml", config.to_yaml())
@@ -197,7 +211,7 @@ def pretrain(config: Config, extra_callbacks: list | None = None) -> PretrainRes
         resumed_from=resume_from,
     )
     if trainer.is_global_zero:
-        skipped = list(getattr(module, "skipped_images", []))
+        skipped = list(module.skipped_images)
         summary = result.to_dict() | {
             "objective": config.objective,
             "best_checkpoint_metric": {"name": monitor[0], "mode": monitor[1], "value": best_score},

@@ -1,10 +1,19 @@
-"""Pretraining objectives selectable with ``objective:`` in the config.
+"""Pretraining objectives selectable with ``objective:`` in the config: ConVIRT and the paper's baselines.
 
-Each objective builds the three things the engine needs from a config: the Lightning module (wrapping a plain
-PyTorch model whose image encoder is ``model.image_encoder``, an :class:`~convirt.models.image.ImageEncoder`), the
-Lightning data module, and the ``convirt`` checkpoint payload (config + whatever is needed to rebuild the model
-offline). Because every objective keeps its image encoder at ``model.image_encoder``, every checkpoint exports
-and evaluates the same way (:func:`convirt.encoders.checkpoint.load_image_encoder_from_checkpoint`).
+Each objective is a builder ``config -> ObjectiveParts``: the objective's
+:class:`~convirt.engine.module.ObjectiveModule` subclass (its loss of a batch, wrapping a plain PyTorch model whose
+image encoder is ``model.image_encoder``, an :class:`~convirt.models.image.ImageEncoder`; the module holds the
+``convirt`` checkpoint payload, the metric that picks ``best.ckpt`` and the loss's name) and its Lightning data
+module, set up for fit. Its settings are a dataclass built from ``config.objective_params``
+(:func:`~convirt.objectives.common.typed_params`). Because every objective keeps its image encoder at
+``model.image_encoder``, every checkpoint exports and evaluates the same way
+(:func:`convirt.encoders.checkpoint.load_image_encoder_from_checkpoint`).
+
+The engine trains whatever it is given and imports nothing from here; callers pick the objective::
+
+    from convirt.engine.train import pretrain
+    from convirt.objectives import build_objective
+    pretrain(config, build_objective)
 
 Register a new objective by adding its builder to :data:`OBJECTIVES` ("module:function").
 """
@@ -12,21 +21,13 @@ Register a new objective by adding its builder to :data:`OBJECTIVES` ("module:fu
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-import lightning as L
-
-from convirt.config import Config
 from convirt.errors import ConfigError
 
-
-@dataclass
-class ObjectiveParts:
-    module: L.LightningModule
-    data: L.LightningDataModule
-    payload: dict[str, Any]
-
+if TYPE_CHECKING:
+    from convirt.config import Config
+    from convirt.engine.module import ObjectiveBuilder, ObjectiveParts
 
 OBJECTIVES: dict[str, str] = {
     "convirt": "convirt.objectives.convirt:build",
@@ -38,10 +39,15 @@ OBJECTIVES: dict[str, str] = {
 }
 
 
-def build_objective(config: Config) -> ObjectiveParts:
-    """Build the module, data module and checkpoint payload for ``config.objective``."""
-    target = OBJECTIVES.get(config.objective)
+def objective_builder(name: str) -> ObjectiveBuilder:
+    """The builder of objective ``name``; a :class:`ConfigError` naming the valid ones when there is none."""
+    target = OBJECTIVES.get(name)
     if target is None:
-        raise ConfigError(f"objective {config.objective!r} is not available; choose one of {sorted(OBJECTIVES)}")
+        raise ConfigError(f"objective {name!r} is not available; choose one of {sorted(OBJECTIVES)}")
     module_name, function = target.split(":")
-    return getattr(importlib.import_module(module_name), function)(config)
+    return getattr(importlib.import_module(module_name), function)
+
+
+def build_objective(config: Config) -> ObjectiveParts:
+    """Build the module and data module of ``config.objective`` (an :data:`~convirt.engine.module.ObjectiveBuilder`)."""
+    return objective_builder(config.objective)(config)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,36 +36,72 @@ from torch import nn
 
 from convirt.config import Config
 from convirt.data.manifest import read_paired_manifest
+from convirt.engine.module import ObjectiveModule, ObjectiveParts
 from convirt.errors import ConfigError
 from convirt.models.image import ImageEncoder, create_image_encoder
-from convirt.objectives import ObjectiveParts
-from convirt.objectives.common import BaselineModule, ObjectiveDataModule, baseline_payload, objective_params, require
+from convirt.objectives.common import (
+    ObjectiveDataModule,
+    baseline_payload,
+    require,
+    require_at_least_one,
+    typed_params,
+)
 from convirt.text.cider import caption_words, cider_d
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
-COMMON_DEFAULTS: dict[str, Any] = {
-    "target": "report",
-    "max_words": 100,
-    "min_count": 5,
-    "max_vocab": 10000,
-    "max_val_decode": 0,  # decode at most this many val images for CIDEr (0: all of the val set)
-}
-LSTM_DEFAULTS: dict[str, Any] = COMMON_DEFAULTS | {
-    "embed_dim": 512,
-    "hidden_dim": 512,
-    "attention_dim": 512,
-    "dropout": 0.5,
-    "attention_penalty": 1.0,
-}
-TRANSFORMER_DEFAULTS: dict[str, Any] = COMMON_DEFAULTS | {
-    "d_model": 512,
-    "heads": 8,
-    "layers": 3,
-    "ffn_dim": 2048,
-    "dropout": 0.1,
-}
+
+@dataclass
+class CaptionParams:
+    """What both captioners share."""
+
+    target: str = "report"  # report (the whole report) | sentence (the sentence the engine sampled)
+    max_words: int = 100
+    min_count: int = 5
+    max_vocab: int = 10000
+    max_val_decode: int = 0  # decode at most this many val images for CIDEr (0: all of the val set)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(self.target in ("report", "sentence"), "target", f"must be report or sentence, got {self.target!r}")
+        require_at_least_one(self, "max_words", "min_count", "max_vocab")
+        require(self.max_vocab > len(SPECIALS), "max_vocab", f"must exceed {len(SPECIALS)}")
+        require(self.max_val_decode >= 0, "max_val_decode", "must be 0 (all) or positive")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class CaptionLSTMParams(CaptionParams):
+    """Show, Attend and Tell's sizes; dropout before the word classifier; the attention penalty's lambda."""
+
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+    attention_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least_one(self, "embed_dim", "hidden_dim", "attention_dim")
+        require(self.attention_penalty >= 0, "attention_penalty", "must be >= 0")
+
+
+@dataclass
+class CaptionTransformerParams(CaptionParams):
+    """M2's sizes (a standard decoder, not M2: see the module docstring)."""
+
+    d_model: int = 512
+    heads: int = 8
+    layers: int = 3
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.d_model >= 2 and self.d_model % 2 == 0, "d_model", f"must be even, got {self.d_model}")
+        require(self.heads >= 1 and self.d_model % self.heads == 0, "heads", "must divide d_model")
+        require_at_least_one(self, "layers", "ffn_dim")
 
 
 # -- vocabulary and batches ------------------------------------------------------------------------------------
@@ -279,24 +316,21 @@ class CaptionModel(nn.Module):
 
 
 # -- the Lightning module ---------------------------------------------------------------------------------------
-class CaptionModule(BaselineModule):
+class CaptionModule(ObjectiveModule):
     monitor = ("val/cider", "max")
+    loss_name = "caption loss (teacher-forced cross-entropy)"
 
     def __init__(
-        self, config: Config, model: CaptionModel, payload: dict[str, Any], params: dict[str, Any], vocab: Vocabulary
+        self, config: Config, model: CaptionModel, payload: dict[str, Any], params: CaptionParams, vocab: Vocabulary
     ) -> None:
-        super().__init__(config, model, payload)  # type: ignore[arg-type]
+        super().__init__(config, model, payload)
         self.params, self.vocab = params, vocab
-        self.penalty = float(params.get("attention_penalty", 0.0))
+        self.penalty = getattr(params, "attention_penalty", 0.0)  # Caption-LSTM's doubly stochastic attention
         self._decoded: list[tuple[int, str, list[str]]] = []
 
-    def _images(self, batch: dict[str, Any]) -> torch.Tensor:
-        images = batch["images"]
-        return images.contiguous(memory_format=torch.channels_last) if self.config.train.channels_last else images
-
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]
-        logits, alphas = self.model(self._images(batch), tokens)
+        logits, alphas = self.model(self.image_batch(batch["images"]), tokens)
         loss = caption_loss(logits, tokens)
         if alphas is not None and self.penalty > 0:
             loss = loss + self.penalty * attention_penalty(alphas.float(), tokens)
@@ -308,10 +342,10 @@ class CaptionModule(BaselineModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        limit = int(self.params["max_val_decode"])
+        limit = self.params.max_val_decode
         if limit and len(self._decoded) >= limit:
             return
-        generated = self.model.generate(self._images(batch), int(self.params["max_words"]) + 1)
+        generated = self.model.generate(self.image_batch(batch["images"]), self.params.max_words + 1)
         for row, ids, refs in zip(batch["index"].tolist(), generated.cpu(), batch["references"], strict=True):
             self._decoded.append((row, self.vocab.decode(ids), refs))
 
@@ -333,76 +367,56 @@ class CaptionModule(BaselineModule):
         was_training = self.model.training
         self.model.eval()
         try:
-            ids = self.model.generate(images, (max_words or int(self.params["max_words"])) + 1)
+            ids = self.model.generate(images, (max_words or self.params.max_words) + 1)
         finally:
             self.model.train(was_training)
         return [self.vocab.decode(row) for row in ids.cpu()]
 
 
-def _check_common(config: Config, params: dict[str, Any]) -> None:
-    require(
-        params["target"] in ("report", "sentence"), "target", f"must be report or sentence, got {params['target']!r}"
-    )
-    for key in ("max_words", "min_count", "max_vocab"):
-        require(params[key] >= 1, key, f"must be at least 1, got {params[key]}")
-    require(params["max_vocab"] > len(SPECIALS), "max_vocab", f"must exceed {len(SPECIALS)}")
-    require(params["max_val_decode"] >= 0, "max_val_decode", "must be 0 (all) or positive")
-    require(0.0 <= params["dropout"] < 1.0, "dropout", f"must be in [0, 1), got {params['dropout']}")
-
-
-def _data_and_vocab(config: Config, params: dict[str, Any]):
+def _data_and_vocab(config: Config, params: CaptionParams):
     d = config.data
     train_manifest = read_paired_manifest(d.manifest, split="train", image_root=d.image_root) if d.manifest else None
     if train_manifest is None:
         raise ConfigError("data.manifest is not set: pass data.manifest=PATH (a manifest from `convirt prepare`)")
     vocab = Vocabulary.build(
         (s for row in range(len(train_manifest)) for s in train_manifest.sentences[row]),
-        params["min_count"],
-        params["max_vocab"],
+        params.min_count,
+        params.max_vocab,
     )
     if len(vocab) <= len(SPECIALS):
         raise ConfigError(
-            f"objective_params.min_count={params['min_count']}: no training word occurs that often; lower it"
+            f"objective_params.min_count={params.min_count}: no training word occurs that often; lower it"
         )
     data = ObjectiveDataModule(
-        config, lambda dataset: CaptionCollator(vocab, dataset.manifest, params["target"], params["max_words"])
+        config, lambda dataset: CaptionCollator(vocab, dataset.manifest, params.target, params.max_words)
     )
     data.setup("fit")
     return data, vocab
 
 
-def _build(config: Config, defaults: dict[str, Any], make_decoder) -> ObjectiveParts:
-    params = objective_params(config, defaults)
-    _check_common(config, params)
+def _build(config: Config, params: CaptionParams, make_decoder) -> ObjectiveParts:
     data, vocab = _data_and_vocab(config, params)
     encoder = create_image_encoder(config.model.image_encoder, config.model.image_weights)
     with torch.no_grad():
         channels = encoder.feature_maps(torch.zeros(1, 3, 64, 64)).shape[1]
-    model = CaptionModel(encoder, make_decoder(params, channels, len(vocab)))
-    payload = baseline_payload(config, objective_params=params, vocabulary=vocab.words)
-    return ObjectiveParts(CaptionModule(config, model, payload, params, vocab), data, payload)
+    model = CaptionModel(encoder, make_decoder(channels, len(vocab)))
+    payload = baseline_payload(config, params, vocabulary=vocab.words)
+    return ObjectiveParts(CaptionModule(config, model, payload, params, vocab), data)
 
 
 def build_lstm(config: Config) -> ObjectiveParts:
-    def decoder(p: dict[str, Any], channels: int, vocab_size: int) -> nn.Module:
-        for key in ("embed_dim", "hidden_dim", "attention_dim"):
-            require(p[key] >= 1, key, f"must be at least 1, got {p[key]}")
-        require(p["attention_penalty"] >= 0, "attention_penalty", "must be >= 0")
-        return AttentionLSTMDecoder(
-            channels, vocab_size, p["embed_dim"], p["hidden_dim"], p["attention_dim"], p["dropout"]
-        )
+    p = typed_params(config, CaptionLSTMParams)
 
-    return _build(config, LSTM_DEFAULTS, decoder)
+    def decoder(channels: int, vocab_size: int) -> nn.Module:
+        return AttentionLSTMDecoder(channels, vocab_size, p.embed_dim, p.hidden_dim, p.attention_dim, p.dropout)
+
+    return _build(config, p, decoder)
 
 
 def build_transformer(config: Config) -> ObjectiveParts:
-    def decoder(p: dict[str, Any], channels: int, vocab_size: int) -> nn.Module:
-        require(p["d_model"] >= 2 and p["d_model"] % 2 == 0, "d_model", f"must be even, got {p['d_model']}")
-        require(p["heads"] >= 1 and p["d_model"] % p["heads"] == 0, "heads", "must divide d_model")
-        require(p["layers"] >= 1, "layers", f"must be at least 1, got {p['layers']}")
-        require(p["ffn_dim"] >= 1, "ffn_dim", f"must be at least 1, got {p['ffn_dim']}")
-        return TransformerCaptionDecoder(
-            channels, vocab_size, p["d_model"], p["heads"], p["layers"], p["ffn_dim"], p["dropout"]
-        )
+    p = typed_params(config, CaptionTransformerParams)
 
-    return _build(config, TRANSFORMER_DEFAULTS, decoder)
+    def decoder(channels: int, vocab_size: int) -> nn.Module:
+        return TransformerCaptionDecoder(channels, vocab_size, p.d_model, p.heads, p.layers, p.ffn_dim, p.dropout)
+
+    return _build(config, p, decoder)

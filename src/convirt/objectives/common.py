@@ -1,70 +1,37 @@
-"""Shared pieces of the baseline objectives: parameter checking, the Lightning module base, data plumbing.
+"""Shared pieces of the baseline objectives: typed parameters, the checkpoint payload, data plumbing.
 
-Every baseline reuses the ConVIRT engine: :class:`BaselineModule` subclasses
-:class:`~convirt.engine.module.ConVIRTModule` (validation-loss accumulation, RNG and plateau state in checkpoints,
-the ``convirt`` payload) and only replaces the loss of a batch, the optimiser/schedule where the paper uses another,
-and what is checked at validation. :class:`ObjectiveDataModule` subclasses
-:class:`~convirt.engine.data.PairedDataModule` (manifest checks, resumable sharded samplers, per-draw seeds) and
-only replaces the image transforms and the collate function.
+Every objective's module subclasses the engine's :class:`~convirt.engine.module.ObjectiveModule` (optimisation,
+validation-loss accumulation, the plateau rule, RNG and plateau state in checkpoints, channels-last batches) and
+only supplies its loss of a batch, and its optimiser/schedule where the paper uses another.
+:class:`ObjectiveDataModule` subclasses :class:`~convirt.engine.data.PairedDataModule` (manifest checks, resumable
+sharded samplers, per-draw seeds) and only replaces the image transforms and the collate function.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from convirt.config import Config
+from convirt.config import Config, from_mapping
 from convirt.data.paired import PairedDataset
 from convirt.encoders.checkpoint import checkpoint_payload
 from convirt.engine.data import PairedDataModule
-from convirt.engine.module import ConVIRTModule
 from convirt.errors import ConfigError
 
-LR_SCHEDULES = ("plateau", "constant", "multistep")
+P = TypeVar("P")
 
 
-def objective_params(config: Config, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``config.objective_params`` merged over ``defaults``; unknown keys and wrong types name the key."""
-    given = dict(config.objective_params or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"objective_params: unknown key(s) {unknown} for objective {config.objective!r}; "
-            f"valid keys: {sorted(defaults)}"
-        )
-    out = dict(defaults)
-    for key, value in given.items():
-        default = defaults[key]
-        name = f"objective_params.{key}"
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not (
-                isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-            ):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-            value = int(value)
-        elif isinstance(default, float):
-            if isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    value = float(value)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-            value = float(value)
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise ConfigError(f"{name} must be a string, got {value!r}")
-        elif isinstance(default, list):
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{name} must be a list, got {value!r}")
-            value = list(value)
-        out[key] = value
-    return out
+def typed_params(config: Config, cls: type[P]) -> P:
+    """``config.objective_params`` as the objective's parameter dataclass ``cls`` (its defaults: the paper's).
+
+    Built by the config's own machinery, so unknown keys and wrong types are errors naming
+    ``objective_params.<key>``; the dataclass's ``__post_init__`` checks the values (:func:`require`).
+    """
+    return from_mapping(cls, config.objective_params or {}, "objective_params", noun="key")
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -72,44 +39,16 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"objective_params.{key} {message}")
 
 
-def baseline_payload(config: Config, **extra: Any) -> dict[str, Any]:
-    """The ``convirt`` checkpoint entry of a baseline: format version, the run's config, objective extras."""
-    return checkpoint_payload(config, **extra)
+def require_at_least_one(params: Any, *keys: str) -> None:
+    """Sizes and counts: each named parameter of ``params`` must be at least 1."""
+    for key in keys:
+        value = getattr(params, key)
+        require(value >= 1, key, f"must be at least 1, got {value}")
 
 
-class BaselineModule(ConVIRTModule):
-    """ConVIRT's engine module with the loss, optimiser and LR schedule made replaceable.
-
-    Subclasses implement :meth:`_loss` (a scalar for a batch) and may set :attr:`monitor` (the metric that picks
-    ``best.ckpt``) and ``lr_schedule``: ``plateau`` (the engine's: LR x lr_factor after plateau_patience
-    evaluations without a lower val/loss), ``constant``, or ``multistep`` (per-step LambdaLR, see MoCo v2).
-    """
-
-    monitor: tuple[str, str] = ("val/loss", "min")
-    lr_schedule: str = "plateau"
-
-    def _optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        o = self.config.optim
-        return torch.optim.Adam(parameters, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-
-    def _multistep_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def configure_optimizers(self):
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self._optimizer(parameters)
-        if self.lr_schedule == "plateau":
-            self._attach_plateau(optimizer)
-            return optimizer
-        self.plateau = None
-        if self.lr_schedule == "multistep":
-            scheduler = self._multistep_scheduler(optimizer)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        return optimizer
-
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
-        """The loss of a batch as validated (no side effects)."""
-        raise NotImplementedError
+def baseline_payload(config: Config, params: Any, **extra: Any) -> dict[str, Any]:
+    """The ``convirt`` checkpoint entry of a baseline: format version, the run's config, its parameters, extras."""
+    return checkpoint_payload(config, objective_params=dataclasses.asdict(params), **extra)
 
 
 def steps_per_epoch(train_pairs: int, batch_size: int, world_size: int = 1) -> int:

@@ -12,6 +12,7 @@ deterministic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,12 +23,18 @@ from convirt.config import Config
 from convirt.data.paired import PairedCollator
 from convirt.encoders.build import create_tokenizer
 from convirt.encoders.checkpoint import text_model_payload
+from convirt.engine.module import ObjectiveModule, ObjectiveParts
 from convirt.models.image import ImageEncoder, create_image_encoder
 from convirt.models.text import TextEncoder, create_text_encoder
-from convirt.objectives import ObjectiveParts
-from convirt.objectives.common import BaselineModule, ObjectiveDataModule, baseline_payload, objective_params, require
+from convirt.objectives.common import ObjectiveDataModule, baseline_payload, require_at_least_one, typed_params
 
-DEFAULTS: dict[str, Any] = {"hidden_dim": 512}
+
+@dataclass
+class ContrastiveBinaryParams:
+    hidden_dim: int = 512  # hidden width of the pair classifier MLP (not given by the paper)
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, "hidden_dim")
 
 
 def random_derangement(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -72,11 +79,11 @@ class ContrastiveBinaryModel(nn.Module):
         return self.pair_logits(v, u), self.pair_logits(v, u[fake_order.to(u.device)])
 
 
-class ContrastiveBinaryModule(BaselineModule):
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        images = batch["images"]
-        if self.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+class ContrastiveBinaryModule(ObjectiveModule):
+    loss_name = "binary cross-entropy (real vs swapped pairs)"
+
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        images = self.image_batch(batch["images"])
         n = images.shape[0]
         # Training: a fresh derangement from the global RNG (restored on resume); validation: fixed per batch.
         generator = None if self.training else torch.Generator().manual_seed(int(batch["index"][0]))
@@ -91,8 +98,7 @@ class ContrastiveBinaryModule(BaselineModule):
 
 
 def build(config: Config) -> ObjectiveParts:
-    params = objective_params(config, DEFAULTS)
-    require(params["hidden_dim"] >= 1, "hidden_dim", f"must be at least 1, got {params['hidden_dim']}")
+    params = typed_params(config, ContrastiveBinaryParams)
     tokenizer = create_tokenizer(config)
     collate = PairedCollator(tokenizer, config.model.max_length)
     data = ObjectiveDataModule(config, lambda _dataset: collate)
@@ -100,7 +106,7 @@ def build(config: Config) -> ObjectiveParts:
     m = config.model
     text_encoder = create_text_encoder(m.text_encoder, m.freeze_layers, m.pooling, m.text_weights == "random")  # type: ignore[arg-type]
     model = ContrastiveBinaryModel(
-        create_image_encoder(m.image_encoder, m.image_weights), text_encoder, m.projection_dim, params["hidden_dim"]
+        create_image_encoder(m.image_encoder, m.image_weights), text_encoder, m.projection_dim, params.hidden_dim
     ).train()
-    payload = baseline_payload(config, objective_params=params, **text_model_payload(text_encoder.model, tokenizer))
-    return ObjectiveParts(ContrastiveBinaryModule(config, model, payload), data, payload)
+    payload = baseline_payload(config, params, **text_model_payload(text_encoder.model, tokenizer))
+    return ObjectiveParts(ContrastiveBinaryModule(config, model, payload), data)

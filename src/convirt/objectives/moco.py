@@ -20,6 +20,7 @@ Validation loss: the same InfoNCE on seeded augmented val views against the curr
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,30 +28,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from convirt.config import Config
+from convirt.engine.module import ObjectiveModule, ObjectiveParts
 from convirt.errors import ConfigError
 from convirt.models.heads import ProjectionHead
 from convirt.models.image import ImageEncoder
-from convirt.objectives import ObjectiveParts
 from convirt.objectives.augment import moco_v2_augmentation
 from convirt.objectives.common import (
-    BaselineModule,
     baseline_payload,
-    objective_params,
     require,
+    require_at_least_one,
     steps_per_epoch,
     two_view_image_parts,
+    typed_params,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "temperature": 0.07,
-    "out_dim": 128,
-    "queue_size": 4096,
-    "momentum": 0.999,
-    "sgd_momentum": 0.9,
-    "lr_milestones_epochs": [60, 80],
-    "lr_gamma": 0.1,
-    "bn_groups": 2,
-}
+
+@dataclass
+class MoCoParams:
+    temperature: float = 0.07
+    out_dim: int = 128
+    queue_size: int = 4096
+    momentum: float = 0.999  # key encoder EMA
+    sgd_momentum: float = 0.9
+    lr_milestones_epochs: list[int] = field(default_factory=lambda: [60, 80])
+    lr_gamma: float = 0.1
+    bn_groups: int = 2
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        require_at_least_one(self, "out_dim", "queue_size", "bn_groups")
+        require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.lr_gamma > 0, "lr_gamma", f"must be positive, got {self.lr_gamma}")
+        milestones = self.lr_milestones_epochs
+        require(
+            all(m >= 0 for m in milestones),
+            "lr_milestones_epochs",
+            f"must be a list of epoch numbers, got {milestones!r}",
+        )
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -116,45 +130,43 @@ class MoCoModel(nn.Module):
         return shuffled[torch.argsort(order)]
 
 
-class MoCoModule(BaselineModule):
+class MoCoModule(ObjectiveModule):
     lr_schedule = "multistep"
+    loss_name = "InfoNCE loss (MoCo v2)"
 
     def __init__(
-        self, config: Config, model: MoCoModel, payload: dict[str, Any], params: dict[str, Any], train_pairs: int
+        self, config: Config, model: MoCoModel, payload: dict[str, Any], params: MoCoParams, train_pairs: int
     ) -> None:
-        super().__init__(config, model, payload)  # type: ignore[arg-type]
+        super().__init__(config, model, payload)
         self.params = params
-        self.temperature = float(params["temperature"])
+        self.temperature = params.temperature
         self.train_pairs = train_pairs
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
             raise ConfigError("objective moco_v2 runs on one process (its queue is per process); set train.devices=1")
         super().on_fit_start()
-        if self.config.train.channels_last:
-            self.model.key_encoder.to(memory_format=torch.channels_last)
 
-    def _optimizer(self, parameters):
+    def image_encoders(self) -> list[nn.Module]:
+        return [self.model.image_encoder, self.model.key_encoder]
+
+    def build_optimizer(self, parameters):
         o = self.config.optim
-        return torch.optim.SGD(parameters, lr=o.lr, momentum=self.params["sgd_momentum"], weight_decay=o.weight_decay)
+        return torch.optim.SGD(parameters, lr=o.lr, momentum=self.params.sgd_momentum, weight_decay=o.weight_decay)
 
     def milestone_steps(self) -> list[int]:
         per_epoch = steps_per_epoch(self.train_pairs, self.config.data.batch_size)
-        return [int(epoch) * per_epoch for epoch in self.params["lr_milestones_epochs"]]
+        return [epoch * per_epoch for epoch in self.params.lr_milestones_epochs]
 
-    def _multistep_scheduler(self, optimizer):
-        milestones, gamma = self.milestone_steps(), float(self.params["lr_gamma"])
+    def step_scheduler(self, optimizer):
+        milestones, gamma = self.milestone_steps(), self.params.lr_gamma
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** sum(step >= m for m in milestones))
 
     def _views(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         views = batch["images"]
-        first, second = views[:, 0], views[:, 1]
-        if self.config.train.channels_last:
-            first = first.contiguous(memory_format=torch.channels_last)
-            second = second.contiguous(memory_format=torch.channels_last)
-        return first, second
+        return self.image_batch(views[:, 0]), self.image_batch(views[:, 1])
 
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Validation loss: a fixed key shuffle per batch (no global RNG consumed), the queue left as it is."""
         first, second = self._views(batch)
         q = self.model.queries(first)
@@ -171,27 +183,10 @@ class MoCoModule(BaselineModule):
         return loss
 
 
-def check_params(config: Config) -> dict[str, Any]:
-    p = objective_params(config, DEFAULTS)
-    require(p["temperature"] > 0, "temperature", f"must be positive, got {p['temperature']}")
-    require(p["out_dim"] >= 1, "out_dim", f"must be at least 1, got {p['out_dim']}")
-    require(p["queue_size"] >= 1, "queue_size", f"must be at least 1, got {p['queue_size']}")
-    require(0.0 <= p["momentum"] < 1.0, "momentum", f"must be in [0, 1), got {p['momentum']}")
-    require(p["bn_groups"] >= 1, "bn_groups", f"must be at least 1, got {p['bn_groups']}")
-    require(p["lr_gamma"] > 0, "lr_gamma", f"must be positive, got {p['lr_gamma']}")
-    milestones = p["lr_milestones_epochs"]
-    require(
-        all(isinstance(m, int) and m >= 0 for m in milestones),
-        "lr_milestones_epochs",
-        f"must be a list of epoch numbers, got {milestones!r}",
-    )
-    return p
-
-
 def build(config: Config) -> ObjectiveParts:
-    params = check_params(config)
+    params = typed_params(config, MoCoParams)
     data, encoder = two_view_image_parts(config, moco_v2_augmentation(config.data.augment.output_size))
     assert data.train_set is not None
-    model = MoCoModel(encoder, params["out_dim"], params["queue_size"], params["momentum"], params["bn_groups"])
-    payload = baseline_payload(config, objective_params=params)
-    return ObjectiveParts(MoCoModule(config, model, payload, params, len(data.train_set)), data, payload)
+    model = MoCoModel(encoder, params.out_dim, params.queue_size, params.momentum, params.bn_groups)
+    module = MoCoModule(config, model, baseline_payload(config, params), params, len(data.train_set))
+    return ObjectiveParts(module, data)

@@ -10,6 +10,7 @@ Validation uses the same augmentation with per-image fixed seeds, so val/loss is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,20 +18,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from convirt.config import Config
+from convirt.engine.module import ObjectiveModule, ObjectiveParts
 from convirt.models.heads import ProjectionHead
 from convirt.models.image import ImageEncoder
-from convirt.objectives import ObjectiveParts
 from convirt.objectives.augment import simclr_augmentation
 from convirt.objectives.common import (
-    LR_SCHEDULES,
-    BaselineModule,
     baseline_payload,
-    objective_params,
     require,
+    require_at_least_one,
     two_view_image_parts,
+    typed_params,
 )
 
-DEFAULTS: dict[str, Any] = {"temperature": 0.1, "out_dim": 128, "lr_schedule": "constant"}
+
+@dataclass
+class SimCLRParams:
+    temperature: float = 0.1
+    out_dim: int = 128
+    lr_schedule: str = "constant"  # constant | plateau (the engine's plateau rule)
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        require_at_least_one(self, "out_dim")
+        require(self.lr_schedule in ("plateau", "constant"), "lr_schedule", "must be plateau or constant")
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -53,34 +63,23 @@ class SimCLRModel(nn.Module):
         return self.head(self.image_encoder(images))
 
 
-class SimCLRModule(BaselineModule):
-    def __init__(self, config: Config, model: SimCLRModel, payload: dict[str, Any], params: dict[str, Any]) -> None:
-        super().__init__(config, model, payload)  # type: ignore[arg-type]
-        self.temperature = float(params["temperature"])
-        self.lr_schedule = params["lr_schedule"]
+class SimCLRModule(ObjectiveModule):
+    loss_name = "NT-Xent loss (SimCLR)"
 
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def __init__(self, config: Config, model: SimCLRModel, payload: dict[str, Any], params: SimCLRParams) -> None:
+        super().__init__(config, model, payload)
+        self.temperature = params.temperature
+        self.lr_schedule = params.lr_schedule
+
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         views = batch["images"]  # (N, 2, 3, H, W)
         n = views.shape[0]
-        images = torch.cat([views[:, 0], views[:, 1]])
-        if self.config.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        z = self.model(images)
+        z = self.model(self.image_batch(torch.cat([views[:, 0], views[:, 1]])))
         return nt_xent_loss(z[:n], z[n:], self.temperature)
 
 
-def check_params(config: Config) -> dict[str, Any]:
-    params = objective_params(config, DEFAULTS)
-    require(params["temperature"] > 0, "temperature", f"must be positive, got {params['temperature']}")
-    require(params["out_dim"] >= 1, "out_dim", f"must be at least 1, got {params['out_dim']}")
-    require(params["lr_schedule"] in ("plateau", "constant"), "lr_schedule", "must be plateau or constant")
-    assert set(LR_SCHEDULES) >= {"plateau", "constant"}
-    return params
-
-
 def build(config: Config) -> ObjectiveParts:
-    params = check_params(config)
+    params = typed_params(config, SimCLRParams)
     data, encoder = two_view_image_parts(config, simclr_augmentation(config.data.augment.output_size))
-    model = SimCLRModel(encoder, params["out_dim"])
-    payload = baseline_payload(config, objective_params=params)
-    return ObjectiveParts(SimCLRModule(config, model, payload, params), data, payload)
+    model = SimCLRModel(encoder, params.out_dim)
+    return ObjectiveParts(SimCLRModule(config, model, baseline_payload(config, params), params), data)

@@ -24,13 +24,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from convirt.objectives import objective_builder
+
     config = load_config(args.config, args.overrides)
+    objective = objective_builder(config.objective)  # an unknown objective fails here, before any work
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from convirt.engine.train import pretrain
 
-    result = pretrain(config)
+    result = pretrain(config, objective)
     print(json.dumps(result.to_dict(), indent=2))
     return 0
