@@ -90,7 +90,7 @@ def test_the_check_catches_an_upward_and_a_sideways_import():
         "convirt.models.image:3 imports convirt.encoders.spec (layer 5 >= 3)"
     ]
     assert forbidden([("convirt.evaluation.retrieval", "convirt.analysis.search", 9)]) == [
-        "convirt.evaluation.retrieval:9 imports convirt.analysis.search (layer 8 >= 8)"
+        "convirt.evaluation.retrieval:9 imports convirt.analysis.search (layer 9 >= 9)"
     ]
     assert forbidden([("convirt.cli.plot", "convirt.analysis.search", 1)]) == []
     assert forbidden([("convirt.newpackage.x", "convirt.errors", 1)]) == [

@@ -7,9 +7,9 @@ import argparse
 import pytest
 
 from convirt.cli import main
+from convirt.cli.prepare import cli_words, register
 from convirt.errors import ConfigError
 from convirt.prepare import SOURCES, PrepareOptions, get_source, prepare
-from convirt.cli.prepare import cli_words, register
 
 
 def test_registry_gives_each_source_its_reader_defaults_and_options():
