@@ -4,8 +4,9 @@ One module per command group, each exposing ``register(subparsers)``: :mod:`.eva
 retrieval | zeroshot``), :mod:`.plot` (``plot tsne | saliency``), :mod:`.search` (``index``, ``search``),
 :mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), :mod:`.pretrain`, :mod:`.prepare`; :mod:`.options`
 holds the option blocks they share. This module only collects them. Errors a user can cause
-(:class:`convirt.errors.ConvirtError`) are printed as one clear message with exit status 2, never as a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace); when
-the library names a setting, the message ends with the option that sets it.
+(:class:`convirt.errors.ConvirtError`) are printed as one clear message with exit status 2, never as a stack
+trace (set ``CONVIRT_DEBUG=1`` to see the trace); when the library names a setting, the message ends with the
+option that sets it.
 """
 
 from __future__ import annotations
