@@ -95,6 +95,7 @@ class TrainConfig:
     min_lr: float = 0.0
     limit_val_batches: int | None = None  # evaluate on at most this many val batches (None: all)
     checkpoint_every_steps: int = 1000  # write last.ckpt this often (resume point); best.ckpt at evaluations
+    max_nonfinite_steps: int = 0  # training steps with a NaN/inf loss to skip before stopping (0: stop at the first)
     resume: str = "auto"  # auto (resume from OUTPUT/checkpoints/last.ckpt if present) | never | a checkpoint path
     precision: str = "mixed"  # 32 | bf16-mixed | 16-mixed | mixed (bf16 where supported, else fp16 on GPU)
     channels_last: bool = True
@@ -269,6 +270,8 @@ def validate_config(config: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if t.max_nonfinite_steps < 0:
+        raise ConfigError(f"train.max_nonfinite_steps must be 0 or more, got {t.max_nonfinite_steps}")
     if d.batch_size < 2:
         raise ConfigError("data.batch_size must be at least 2: the contrastive loss needs negatives")
     if t.precision not in ("32", "32-true", "bf16-mixed", "16-mixed", "mixed", "bf16-true"):

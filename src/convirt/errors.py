@@ -47,3 +47,7 @@ class CheckpointError(ConvirtError):
 
 class UnsafeFileError(CheckpointError):
     """A torch file holds objects other than tensors and plain data (refused: loading it could run code)."""
+
+
+class TrainingError(ConvirtError):
+    """Training cannot go on: a non-finite loss, or model weights that became NaN or infinite."""

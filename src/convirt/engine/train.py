@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from convirt.config import Config
 from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
 from convirt.engine.module import ObjectiveBuilder
-from convirt.errors import CheckpointError, ConfigError
+from convirt.errors import CheckpointError, ConfigError, TrainingError
 from convirt.fileio import atomic_write_json, atomic_write_text
 from convirt.runtime import bf16_supported
 
@@ -163,6 +163,24 @@ def build_trainer(
     )
 
 
+def last_checkpoint(trainer: L.Trainer) -> ResumeCheckpoint:
+    return next(c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint))
+
+
+def _kept_checkpoints(trainer: L.Trainer, resume_from: Path | None) -> str:
+    """Which checkpoints a stopped run leaves, for its message (nothing is written after the stop)."""
+    last = last_checkpoint(trainer)
+    kept = []
+    if last.saved_step is not None:
+        kept.append(f"{last.path} (step {last.saved_step})")
+    elif resume_from is not None:
+        kept.append(f"{resume_from} (the resume point, unchanged)")
+    best = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if best is not None and best.best_model_path:
+        kept.append(f"{best.best_model_path} (best {best.monitor} {float(best.best_model_score):.4g})")
+    return "kept: " + ", ".join(kept) if kept else "no checkpoint was written"
+
+
 def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list | None = None) -> PretrainResult:
     """Run (or resume) pretraining as configured; returns where the results are.
 
@@ -192,10 +210,13 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
             log.warning("resuming from %s", resume_from)
 
     started = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    except TrainingError as exc:  # a NaN/inf loss: say which checkpoints hold the state before it
+        raise TrainingError(f"{exc}; {_kept_checkpoints(trainer, resume_from)}") from None
     seconds = time.time() - started
     last_path = checkpoint_dir / "last.ckpt"
-    trainer.save_checkpoint(last_path)  # the final state, so a finished run resumes to "nothing left to do"
+    last_checkpoint(trainer).save(trainer)  # the final state, so a finished run resumes to "nothing left to do"
 
     best_callback = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor[0])
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else None
