@@ -1,5 +1,7 @@
-"""Training must not save garbage: a NaN or infinite loss stops the run (or is skipped, up to a limit), and no
-checkpoint ever holds non-finite weights or a non-finite validation loss.
+"""Training must not save garbage: a NaN or infinite loss stops the run (or is skipped, up to a limit), no
+checkpoint ever holds non-finite weights or a non-finite validation loss; a finished run is left as it is, a
+resume that would change the run is refused before anything is written, and unfinished checkpoint writes of a
+killed run are removed at start-up.
 
 Every run here is a tiny real pretraining (resnet18 at 32 px, a 2-layer BERT) on a manifest generated in the test;
 NaN losses are caused for real: a learning rate of 1e6, or a batch of NaN images injected at a chosen step.
@@ -7,7 +9,9 @@ NaN losses are caused for real: a learning rate of 1e6, or a batch of NaN images
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import re
 import socket
@@ -185,3 +189,67 @@ def test_every_process_takes_the_same_decision_when_one_sees_a_nan(tmp_path):
     mp.spawn(_decide, args=(port, values, str(tmp_path)), nprocs=2, join=True)
     expected = [False, True, True, True]
     assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [expected, expected]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``folder``: (modification time, content hash)."""
+    return {
+        str(f.relative_to(folder)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+
+
+def test_finished_runs_changed_configs_and_unfinished_writes_of_a_killed_run(
+    manifest, tiny_bert_dir, tmp_path, capsys, caplog
+):
+    output = tmp_path / "run"
+    run = overrides(manifest, output, tiny_bert_dir, **{"train.max_evals": 1, "train.checkpoint_every_steps": 2})
+    assert main(["pretrain", *run]) == 0
+    capsys.readouterr()
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["steps"] == 2 and math.isfinite(summary["final_val_loss"])
+    before = snapshot(output)
+
+    # The same command again: the run is finished; one line, exit 0, not a byte changed (summary.json included).
+    assert main(["pretrain", *run]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines() == [
+        f"{output} holds a finished run (2 of 2 steps, best val/loss {summary['best_val_loss']:.4g}); nothing was "
+        "run or changed. To train longer raise train.max_evals (now 1); to start again use train.resume=never or "
+        "another train.output_dir"
+    ]
+    assert err == "" and snapshot(output) == before
+
+    # A changed config is refused before anything is written, naming every key that differs.
+    changed = [*run, "model.projection_dim=32", "data.batch_size=2", "train.devices=2"]
+    assert main(["pretrain", *changed]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (
+        f"resuming from {output / 'checkpoints' / 'last.ckpt'} would change 3 setting(s) of the run "
+        "(data.batch_size: 4 -> 2; model.projection_dim: 16 -> 32; train.devices: 'auto' -> 2); resume with the "
+        f"values of {output / 'config.yaml'}" in err
+    )
+    assert snapshot(output) == before
+
+    # A checkpoint of this run resumed into another folder with other weight shapes: refused the same way.
+    elsewhere = [*changed[:-3], f"train.output_dir={tmp_path / 'other'}", "model.projection_dim=32",
+                 f"train.resume={output / 'checkpoints' / 'last.ckpt'}"]  # fmt: skip
+    assert main(["pretrain", *elsewhere]) == 2
+    err = capsys.readouterr().err
+    assert "would change 1 setting(s) of the run (model.projection_dim: 16 -> 32); the checkpoint's weights" in err
+    assert not (tmp_path / "other").exists()
+
+    # Unfinished writes of a killed run are removed when the run goes on; other files are left alone.
+    checkpoints = output / "checkpoints"
+    stale = [checkpoints / ".last.ckpt.k3j_9x0a.tmp", checkpoints / ".best.ckpt.0a1b2c3d.tmp"]
+    kept = [checkpoints / "notes.tmp", checkpoints / ".last.ckpt.tmp", output / ".summary.json.abcdefgh.tmp"]
+    for file in stale + kept:
+        file.write_bytes(b"partial")
+    with caplog.at_level(logging.WARNING, logger="convirt"):
+        assert main(["pretrain", *run, "train.max_evals=2"]) == 0  # train.max_evals may change: the run goes on
+    assert f"removed 2 unfinished checkpoint write(s) a killed run left in {checkpoints}" in caplog.text
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["resumed_from"] == str(checkpoints / "last.ckpt")

@@ -258,6 +258,29 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return config
 
 
+def flat_items(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"seed": 0}}`` -> ``{"train.seed": 0}``: nested mappings as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flat_items(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old value, new value) of every setting that differs between two configs."""
+    before, after = flat_items(old.to_dict()), flat_items(new.to_dict())
+    missing = object()
+    return {
+        key: (before.get(key), after.get(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key, missing) != after.get(key, missing)
+    }
+
+
 def validate_config(config: Config) -> None:
     """Checks across keys. The objective's name and ``objective_params`` are checked when the objective is built
     (:func:`convirt.objectives.objective_builder`)."""

@@ -1,7 +1,9 @@
 """Atomic file output: a killed process never leaves a half-written checkpoint, table or figure behind.
 
 Every writer goes to a temporary file in the destination folder, flushes and fsyncs it, then renames it over the
-destination with :func:`os.replace` (atomic on POSIX and Windows within one file system).
+destination with :func:`os.replace` (atomic on POSIX and Windows within one file system). The temporary file is
+named ``.<destination name>.<8 random characters>.tmp`` (:data:`TEMP_NAME`); one left by a killed process is
+removed by :func:`remove_stale_temp_files` where its folder's owner calls it (pretraining: its checkpoint folder).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+"""The name of an atomic write's temporary file (``tempfile.mkstemp`` with the prefix and suffix below)."""
 
 
 def _umask() -> int:
@@ -29,7 +34,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise ValueError("atomic_open supports modes 'w' and 'wb'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # TEMP_NAME
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
@@ -41,6 +46,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of atomic writes (:data:`TEMP_NAME`) that a killed process left directly in
+    ``folder``; returns them. Call it only for a folder no other process is writing to."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if TEMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -22,6 +22,8 @@ max_evals``); keep the best checkpoint by the objective's monitor.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -34,11 +36,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from convirt.config import Config
+from convirt.config import Config, config_differences, config_from_dict
 from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
 from convirt.engine.module import ObjectiveBuilder
 from convirt.errors import CheckpointError, ConfigError, TrainingError
-from convirt.fileio import atomic_write_json, atomic_write_text
+from convirt.fileio import atomic_write_json, atomic_write_text, load_torch_file, remove_stale_temp_files
 from convirt.runtime import bf16_supported
 
 log = logging.getLogger("convirt")
@@ -54,9 +56,27 @@ class PretrainResult:
     steps: int
     seconds: float
     resumed_from: Path | None
+    finished_before: str | None = None  # set when the run had nothing left to do: the line that says so
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "finished_before"}
+
+
+# Settings a resumed run may change (docs/pretraining.md, "Resume"): none changes the weights, the optimiser, the
+# data stream or what the validation loss measures. Every other setting must equal the folder's config.yaml.
+RESUME_MAY_CHANGE = (
+    "train.output_dir",  # the folder itself, moved
+    "train.resume",
+    "train.max_evals",  # train longer (or stop earlier)
+    "train.checkpoint_every_steps",
+    "train.max_nonfinite_steps",
+    "train.log_every_steps",
+    "train.progress_bar",
+    "train.tensorboard",
+    "data.num_workers",
+)
+# What a checkpoint of another run (train.resume=PATH) must share with the config: what shapes its weights.
+CHECKPOINT_MUST_MATCH = ("objective", "objective_params", "model")
 
 
 def resolve_accelerator(config: Config) -> str:
@@ -91,6 +111,87 @@ def resolve_resume(config: Config, checkpoint_dir: Path) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"train.resume={resume}: no such checkpoint (use auto, never or a .ckpt path)")
     return path
+
+
+def inspect_run_folder(config: Config) -> tuple[Path | None, PretrainResult | None]:
+    """What ``train.output_dir`` holds, read before anything is written: (the checkpoint to resume from, the
+    stored result when the run is finished under this config, else None).
+
+    Resuming a run of this folder, every setting outside :data:`RESUME_MAY_CHANGE` must equal the folder's
+    ``config.yaml``; resuming a checkpoint of another run (``train.resume=PATH``), the settings of
+    :data:`CHECKPOINT_MUST_MATCH` must equal the checkpoint's. Otherwise :class:`ConfigError` lists the differing
+    keys. A resume file that is not a convirt pretraining checkpoint raises :class:`CheckpointError`.
+    """
+    output_dir = Path(config.train.output_dir)
+    resume_from = resolve_resume(config, output_dir / "checkpoints")
+    if resume_from is None:
+        return None, None
+    own = resume_from.resolve().parent == (output_dir / "checkpoints").resolve()
+    stored = output_dir / "config.yaml"
+    if own and stored.is_file():
+        reference, source = _read_run_config(stored), str(stored)
+    else:
+        reference, source = _checkpoint_config(resume_from), f"checkpoint {resume_from}"
+    differences = config_differences(reference, config)
+    if own:
+        refused = {k: v for k, v in differences.items() if k not in RESUME_MAY_CHANGE}
+        advice = (
+            f"resume with the values of {source}, or start afresh: train.resume=never (replaces this run's "
+            "checkpoints) or another train.output_dir"
+        )
+    else:
+        refused = {k: v for k, v in differences.items() if k.split(".")[0] in CHECKPOINT_MUST_MATCH}
+        advice = "the checkpoint's weights have other shapes or another objective; use the checkpoint's values"
+    if refused:
+        shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        raise ConfigError(
+            f"train.output_dir={output_dir}: resuming from {resume_from} would change {len(refused)} setting(s) "
+            f"of the run ({shown}); {advice}. Settings that may change on resume: {', '.join(RESUME_MAY_CHANGE)}"
+        )
+    return resume_from, _finished_result(config, output_dir) if own else None
+
+
+def _read_run_config(path: Path) -> Config:
+    import yaml
+
+    try:
+        return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError, ConfigError) as exc:
+        raise ConfigError(f"{path} (the config of the run in this folder) cannot be read: {exc}") from None
+
+
+def _checkpoint_config(path: Path) -> Config:
+    """The config stored in a pretraining checkpoint (its tensors memory-mapped, not read)."""
+    try:
+        checkpoint = load_torch_file(path, "checkpoint", mmap=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.resume={path}: {exc}") from None
+    payload = checkpoint.get("convirt") if isinstance(checkpoint, dict) else None
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"train.resume={path} is not a convirt pretraining checkpoint (it has no convirt entry)")
+    return config_from_dict(payload["config"])
+
+
+def _finished_result(config: Config, output_dir: Path) -> PretrainResult | None:
+    """The stored result of a run with nothing left to do (its summary.json reached ``config.max_steps``)."""
+    try:
+        summary = json.loads((output_dir / "summary.json").read_text())
+        steps = int(summary["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if steps < config.max_steps:
+        return None
+    values = {f.name: summary.get(f.name) for f in dataclasses.fields(PretrainResult) if f.name != "finished_before"}
+    for name in ("output_dir", "best_checkpoint", "last_checkpoint", "resumed_from"):
+        values[name] = Path(values[name]) if values[name] else None
+    metric = summary.get("best_checkpoint_metric") or {}
+    best = f", best {metric.get('name')} {metric.get('value'):.4g}" if metric.get("value") is not None else ""
+    line = (
+        f"{output_dir} holds a finished run ({steps} of {config.max_steps} steps{best}); nothing was run or "
+        f"changed. To train longer raise train.max_evals (now {config.train.max_evals}); to start again use "
+        "train.resume=never or another train.output_dir"
+    )
+    return PretrainResult(**values, finished_before=line)
 
 
 def _strategy(config: Config, accelerator: str):
@@ -187,10 +288,12 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
     ``objective(config)`` builds the objective's parts; it is called after the global seed is set, so the same
     config builds the same initial weights.
     """
+    resume_from, finished = inspect_run_folder(config)  # reads only: a refused config writes nothing
+    if finished is not None:
+        return finished
     output_dir = Path(config.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = output_dir / "checkpoints"
-    resume_from = resolve_resume(config, checkpoint_dir)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -205,6 +308,9 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
         loss_name=parts.loss_name,
     )
     if trainer.is_global_zero:
+        stale = remove_stale_temp_files(checkpoint_dir)  # from checkpoint writes a killed run left unfinished
+        if stale:
+            log.warning("removed %d unfinished checkpoint write(s) a killed run left in %s", len(stale), checkpoint_dir)
         atomic_write_text(output_dir / "config.yaml", config.to_yaml())
         if resume_from is not None:
             log.warning("resuming from %s", resume_from)
