@@ -39,8 +39,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from convirt.config import Config, config_differences, config_from_dict
 from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
 from convirt.engine.module import ObjectiveBuilder
-from convirt.errors import CheckpointError, ConfigError, TrainingError
-from convirt.fileio import atomic_write_json, atomic_write_text, load_torch_file, remove_stale_temp_files
+from convirt.errors import CheckpointError, ConfigError, OutputError, TrainingError
+from convirt.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    load_torch_file,
+    remove_stale_temp_files,
+)
 from convirt.runtime import bf16_supported
 
 log = logging.getLogger("convirt")
@@ -292,7 +298,6 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
     if finished is not None:
         return finished
     output_dir = Path(config.train.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = output_dir / "checkpoints"
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -307,7 +312,11 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
         monitor=monitor,
         loss_name=parts.loss_name,
     )
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # the first write: the objective and the trainer were built without error
+        try:
+            check_writable(checkpoint_dir)
+        except OutputError as exc:
+            raise OutputError(f"train.output_dir={output_dir}: {exc}") from None
         stale = remove_stale_temp_files(checkpoint_dir)  # from checkpoint writes a killed run left unfinished
         if stale:
             log.warning("removed %d unfinished checkpoint write(s) a killed run left in %s", len(stale), checkpoint_dir)
