@@ -22,11 +22,14 @@ max_evals``); keep the best checkpoint by the objective's monitor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,37 @@ RESUME_MAY_CHANGE = (
 )
 # What a checkpoint of another run (train.resume=PATH) must share with the config: what shapes its weights.
 CHECKPOINT_MUST_MATCH = ("objective", "objective_params", "model")
+
+
+# Messages of the training framework that tell a user of convirt nothing to act on; a run's console holds progress
+# and the project's own messages (tests/test_training_console.py). Lightning's INFO lines (devices, tips,
+# "restoring states", "`Trainer.fit` stopped", "`weights_only` was not set") are dropped by level; these warnings
+# by message:
+FRAMEWORK_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning on newer torch
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # frozen layers are meant to be
+    r"Checkpoint directory .* exists and is not empty",  # resuming into the run's own folder
+    r"The '\w+_dataloader' does not have many workers",  # data.num_workers is the user's choice
+    r"It is recommended to use `self\.log\(.*sync_dist=True\)`",  # val/loss is all-reduced before it is logged
+)
+
+
+@contextlib.contextmanager
+def quiet_framework() -> Iterator[None]:
+    """Lightning's informational lines and :data:`FRAMEWORK_WARNINGS` off, for the duration; every other warning
+    and Lightning's warnings and errors stay."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for pattern in FRAMEWORK_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def resolve_accelerator(config: Config) -> str:
@@ -263,7 +297,7 @@ def build_trainer(
         logger=loggers,
         log_every_n_steps=t.log_every_steps,
         enable_progress_bar=t.progress_bar,
-        enable_model_summary=not resuming,
+        enable_model_summary=False,  # pretrain logs its own one-line summary
         use_distributed_sampler=False,  # the data module shards and resumes its own samplers
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
@@ -288,6 +322,18 @@ def _kept_checkpoints(trainer: L.Trainer, resume_from: Path | None) -> str:
     return "kept: " + ", ".join(kept) if kept else "no checkpoint was written"
 
 
+def run_line(config: Config, trainer: L.Trainer, module: L.LightningModule) -> str:
+    """The project's one-line description of a run (in place of the framework's device lines and model table)."""
+    parameters = list(module.parameters())
+    total = sum(p.numel() for p in parameters)
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    return (
+        f"pretraining {config.objective} for {config.max_steps} steps on {trainer.num_devices * trainer.num_nodes} "
+        f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} process(es), precision "
+        f"{trainer.precision}; {total / 1e6:.1f} M parameters, {trainable / 1e6:.1f} M trainable"
+    )
+
+
 def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list | None = None) -> PretrainResult:
     """Run (or resume) pretraining as configured; returns where the results are.
 
@@ -304,34 +350,37 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
 
     parts = objective(config)
     module, data, monitor = parts.module, parts.data, parts.monitor
-    trainer = build_trainer(
-        config,
-        output_dir,
-        resuming=resume_from is not None,
-        extra_callbacks=extra_callbacks,
-        monitor=monitor,
-        loss_name=parts.loss_name,
-    )
-    if trainer.is_global_zero:  # the first write: the objective and the trainer were built without error
-        try:
-            check_writable(checkpoint_dir)
-        except OutputError as exc:
-            raise OutputError(f"train.output_dir={output_dir}: {exc}") from None
-        stale = remove_stale_temp_files(checkpoint_dir)  # from checkpoint writes a killed run left unfinished
-        if stale:
-            log.warning("removed %d unfinished checkpoint write(s) a killed run left in %s", len(stale), checkpoint_dir)
-        atomic_write_text(output_dir / "config.yaml", config.to_yaml())
-        if resume_from is not None:
-            log.warning("resuming from %s", resume_from)
+    with quiet_framework():
+        trainer = build_trainer(
+            config,
+            output_dir,
+            resuming=resume_from is not None,
+            extra_callbacks=extra_callbacks,
+            monitor=monitor,
+            loss_name=parts.loss_name,
+        )
+        if trainer.is_global_zero:  # the first write: the objective and the trainer were built without error
+            try:
+                check_writable(checkpoint_dir)
+            except OutputError as exc:
+                raise OutputError(f"train.output_dir={output_dir}: {exc}") from None
+            stale = remove_stale_temp_files(checkpoint_dir)  # from checkpoint writes a killed run left unfinished
+            if stale:
+                log.warning("removed %d unfinished checkpoint write(s) a killed run left in %s", len(stale),
+                            checkpoint_dir)  # fmt: skip
+            atomic_write_text(output_dir / "config.yaml", config.to_yaml())
+            if resume_from is not None:
+                log.warning("resuming from %s", resume_from)
+            log.info("%s", run_line(config, trainer, module))
 
-    started = time.time()
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
-    except TrainingError as exc:  # a NaN/inf loss: say which checkpoints hold the state before it
-        raise TrainingError(f"{exc}; {_kept_checkpoints(trainer, resume_from)}") from None
-    seconds = time.time() - started
-    last_path = checkpoint_dir / "last.ckpt"
-    last_checkpoint(trainer).save(trainer)  # the final state, so a finished run resumes to "nothing left to do"
+        started = time.time()
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+        except TrainingError as exc:  # a NaN/inf loss: say which checkpoints hold the state before it
+            raise TrainingError(f"{exc}; {_kept_checkpoints(trainer, resume_from)}") from None
+        seconds = time.time() - started
+        last_path = checkpoint_dir / "last.ckpt"
+        last_checkpoint(trainer).save(trainer)  # the final state, so a finished run resumes to "nothing left to do"
 
     best_callback = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == monitor[0])
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else None
