@@ -101,6 +101,12 @@ def tiny_config(manifest: Path | str, output_dir: Path | str, text_encoder: Path
     """A config small enough for CPU tests: resnet18 at 64 px, batch 8."""
     from convirt.config import load_config
 
+    return load_config(None, tiny_overrides(manifest, output_dir, text_encoder, **overrides))
+
+
+def tiny_overrides(manifest: Path | str, output_dir: Path | str, text_encoder: Path | str, **overrides) -> list[str]:
+    """The ``key=value`` overrides of :func:`tiny_config` (``train__seed=1`` or ``**{"train.seed": 1}`` change
+    one), as `convirt pretrain` takes them."""
     values = {
         "model.image_encoder": "resnet18",
         "model.image_weights": "none",
@@ -124,4 +130,32 @@ def tiny_config(manifest: Path | str, output_dir: Path | str, text_encoder: Path
         "optim.lr": 3e-4,
     }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
-    return load_config(None, [f"{k}={v}" for k, v in values.items()])
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def write_paired_manifest(folder: Path, train: int = 16, val: int = 8, size: int = 40) -> Path:
+    """A canonical paired manifest of ``train`` + ``val`` random grey images (one patient each) with two-sentence
+    reports, written under ``folder``; image paths are relative to the manifest."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    sentences = [
+        "Heart size is normal.",
+        "Lungs are clear bilaterally.",
+        "Small left pleural effusion.",
+        "Right lower lobe opacity is present.",
+        "No pneumothorax is seen.",
+    ]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(train + val):
+        path = folder / "images" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(path)
+        text = sentences[i % 5] + "\n" + sentences[(i + 2) % 5]
+        split = "train" if i < train else "val"
+        rows.append({"images": f"images/{i}.png", "text": text, "patient_id": f"p{i}", "study_id": f"s{i}",
+                     "split": split})  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"

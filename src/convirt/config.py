@@ -95,6 +95,7 @@ class TrainConfig:
     min_lr: float = 0.0
     limit_val_batches: int | None = None  # evaluate on at most this many val batches (None: all)
     checkpoint_every_steps: int = 1000  # write last.ckpt this often (resume point); best.ckpt at evaluations
+    max_nonfinite_steps: int = 0  # training steps with a NaN/inf loss to skip before stopping (0: stop at the first)
     resume: str = "auto"  # auto (resume from OUTPUT/checkpoints/last.ckpt if present) | never | a checkpoint path
     precision: str = "mixed"  # 32 | bf16-mixed | 16-mixed | mixed (bf16 where supported, else fp16 on GPU)
     channels_last: bool = True
@@ -257,20 +258,102 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return config
 
 
+def flat_items(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"seed": 0}}`` -> ``{"train.seed": 0}``: nested mappings as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flat_items(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old value, new value) of every setting that differs between two configs."""
+    before, after = flat_items(old.to_dict()), flat_items(new.to_dict())
+    missing = object()
+    return {
+        key: (before.get(key), after.get(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key, missing) != after.get(key, missing)
+    }
+
+
+# Why a smallest value is what it is, where that is not obvious (appended to the error).
+_WHY_AT_LEAST = {
+    "data.batch_size": ": the contrastive loss needs negatives",
+    "data.val_batch_size": ": the contrastive loss needs negatives",
+    "data.max_val_pairs": " (a validation loss needs negatives; null validates on every validation pair)",
+    "train.limit_val_batches": " (null evaluates every validation batch)",
+}
+
+
 def validate_config(config: Config) -> None:
-    """Checks across keys. The objective's name and ``objective_params`` are checked when the objective is built
-    (:func:`convirt.objectives.objective_builder`)."""
-    t, d = config.train, config.data
+    """Every value against its valid range, and the checks across keys: the one place a config is judged.
+
+    The error names the key, the valid range and the value given. The objective's name and ``objective_params`` are
+    checked when the objective is built (:func:`convirt.objectives.objective_builder`); files and folders named by
+    the config are checked where they are opened.
+    """
+    t, d, a, m, o = config.train, config.data, config.data.augment, config.model, config.optim
+    at_least: dict[str, tuple[float | None, float]] = {  # key: (value, smallest valid value); None: not set
+        "train.val_every_steps": (t.val_every_steps, 1),
+        "train.max_evals": (t.max_evals, 1),
+        "train.checkpoint_every_steps": (t.checkpoint_every_steps, 1),
+        "train.log_every_steps": (t.log_every_steps, 1),
+        "train.plateau_patience": (t.plateau_patience, 1),
+        "train.num_nodes": (t.num_nodes, 1),
+        "train.limit_val_batches": (t.limit_val_batches, 1),
+        "train.max_nonfinite_steps": (t.max_nonfinite_steps, 0),
+        "train.min_lr": (t.min_lr, 0),
+        "train.seed": (t.seed, 0),
+        "data.batch_size": (d.batch_size, 2),
+        "data.val_batch_size": (d.val_batch_size, 2),
+        "data.max_val_pairs": (d.max_val_pairs, 2),
+        "data.num_workers": (d.num_workers, 0),
+        "data.augment.output_size": (a.output_size, 1),
+        "data.augment.rotation_degrees": (a.rotation_degrees, 0),
+        "model.projection_dim": (m.projection_dim, 1),
+        "model.head_hidden_dim": (m.head_hidden_dim, 1),
+        "model.freeze_layers": (m.freeze_layers, 0),
+        "model.max_length": (m.max_length, 1),
+        "optim.weight_decay": (o.weight_decay, 0),
+    }
+    for name, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise ConfigError(f"{name} must be at least {low:g}, got {value}{_WHY_AT_LEAST.get(name, '')}")
+    if t.seed >= 2**32:
+        raise ConfigError(f"train.seed must be below 2**32, got {t.seed}")
+    for name, value in (("optim.lr", o.lr), ("loss.temperature", config.loss.temperature)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
     for name, value in (
-        ("train.val_every_steps", t.val_every_steps),
-        ("train.max_evals", t.max_evals),
-        ("data.batch_size", d.batch_size),
-        ("train.checkpoint_every_steps", t.checkpoint_every_steps),
+        ("loss.lambda_", config.loss.lambda_),
+        ("data.augment.hflip_p", a.hflip_p),
+        ("data.augment.translate", a.translate),
     ):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if d.batch_size < 2:
-        raise ConfigError("data.batch_size must be at least 2: the contrastive loss needs negatives")
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be in [0, 1], got {value}")
+    if not 0 < t.lr_factor <= 1:
+        raise ConfigError(f"train.lr_factor must be in (0, 1] (it multiplies the learning rate), got {t.lr_factor}")
+    if len(o.betas) != 2 or not all(0 <= beta < 1 for beta in o.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1) (e.g. [0.9, 0.999]), got {o.betas}")
+    for name, pair, low, high, open_low in (  # [lo, hi] ranges: low <= lo <= hi <= high (low < lo if open_low)
+        ("data.augment.crop_area", a.crop_area, 0, 1, True),
+        ("data.augment.crop_aspect_ratio", a.crop_aspect_ratio, 0, None, True),
+        ("data.augment.affine_scale", a.affine_scale, 0, None, True),
+        ("data.augment.brightness", a.brightness, 0, None, False),
+        ("data.augment.contrast", a.contrast, 0, None, False),
+        ("data.augment.blur_sigma", a.blur_sigma, 0, None, True),
+    ):
+        first_ok = len(pair) == 2 and (pair[0] > low if open_low else pair[0] >= low)
+        if not first_ok or pair[0] > pair[1] or (high is not None and pair[1] > high):
+            bound = f"{'>' if open_low else '>='} {low}" + (f" and hi <= {high}" if high is not None else "")
+            raise ConfigError(f"{name} must be a range [lo, hi] with lo <= hi, lo {bound}; got {pair}")
+    if a.blur_kernel_size < 3 or a.blur_kernel_size % 2 == 0:
+        raise ConfigError(f"data.augment.blur_kernel_size must be odd and at least 3, got {a.blur_kernel_size}")
     if t.precision not in ("32", "32-true", "bf16-mixed", "16-mixed", "mixed", "bf16-true"):
         raise ConfigError(f"train.precision {t.precision!r}: use 32, bf16-mixed, 16-mixed or mixed")
     if config.model.pooling not in ("max", "mean", "cls"):
@@ -279,7 +362,3 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"model.head {config.model.head!r}: use mlp or linear")
     if d.on_bad_image not in ("skip", "fail"):
         raise ConfigError(f"data.on_bad_image {d.on_bad_image!r}: use skip or fail")
-    if not 0.0 <= config.loss.lambda_ <= 1.0:
-        raise ConfigError("loss.lambda_ must be in [0, 1]")
-    if config.loss.temperature <= 0:
-        raise ConfigError("loss.temperature must be positive")

@@ -47,3 +47,11 @@ class CheckpointError(ConvirtError):
 
 class UnsafeFileError(CheckpointError):
     """A torch file holds objects other than tensors and plain data (refused: loading it could run code)."""
+
+
+class OutputError(ConvirtError):
+    """An output cannot be written: a full disk, a read-only folder, no permission."""
+
+
+class TrainingError(ConvirtError):
+    """Training cannot go on: a non-finite loss, or model weights that became NaN or infinite."""

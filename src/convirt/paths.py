@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 def shared_data_dir() -> Path:
@@ -57,3 +59,25 @@ def offline_imagenet_weights(architecture: str) -> Path | None:
         if file.is_file():
             return file
     return None
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None when it can (or may: behind a proxy).
+
+    ``HF_HUB_OFFLINE`` set is a reason; otherwise one TCP connection to the hub's host (``HF_ENDPOINT``, default
+    huggingface.co) is tried for up to ``timeout`` seconds. Without this probe the hub client retries a missing
+    network for about a minute, printing each retry. With ``HTTPS_PROXY`` or ``ALL_PROXY`` set nothing is probed
+    (a direct connection may fail where the proxy works).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or exc})"

@@ -179,7 +179,7 @@ def _load_reusable(
 
 
 def build_index(
-    image_dir: str | os.PathLike,
+    image_dir: str | os.PathLike | None,
     encoder: str | Embedder,
     output: str | os.PathLike,
     space: str | None = None,
@@ -188,16 +188,29 @@ def build_index(
     restart: bool = False,
     seed: int = 0,
     progress: bool | Callable[[int], None] = True,
+    images: Sequence[str | os.PathLike] | None = None,
 ) -> ImageIndex:
     """Embed every image under ``image_dir`` into an index file at ``output`` (see the module docstring).
+
+    ``images``: index these files instead (e.g. a labelled dataset's split); the index's root is then their
+    deepest common folder (``image_dir`` is ignored).
 
     ``encoder`` is an encoder specification (see :mod:`convirt.encoders.spec`) or a loaded embedder (then its
     ``spec`` is stored). ``progress``: True for a progress bar, or a callable given the number of images done
     after each batch. Unreadable images are listed in the index (``failed``) and skipped.
     """
-    root = Path(image_dir).resolve()
     output = Path(output)
-    relative = find_images(root)
+    if images is not None:
+        files = [Path(p).resolve() for p in images]
+        if not files:
+            raise ConfigError("no images to index")
+        root = Path(os.path.commonpath([str(f.parent) for f in files]))
+        relative = sorted({f.relative_to(root).as_posix() for f in files})
+    else:
+        if image_dir is None:
+            raise ConfigError("give an image folder or a list of images to index")
+        root = Path(image_dir).resolve()
+        relative = find_images(root)
     if not relative:
         raise ConfigError(f"no image files under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     embedder = load_embedder(encoder, seed=seed) if isinstance(encoder, str) else encoder

@@ -9,11 +9,13 @@ from pathlib import Path
 from convirt.cli.options import (
     add_dataset_options,
     add_encoder_options,
+    add_labelled_options,
     command_line,
+    dataset_images,
+    labelled_options,
     load_embedders,
     read_prompt_options,
 )
-from convirt.data.sources import labelled_images
 from convirt.errors import ConfigError
 
 CLASSIFY_DESCRIPTION = """`convirt evaluate classify`: linear probe / fine-tuning of image encoders on a labelled
@@ -29,27 +31,6 @@ dataset (the paper's Appendix B). Examples::
 :mod:`convirt.data.sources`); the dataset options below apply to the kinds that take them. Without
 ``--encoder``, ``--save-manifest`` only writes the labelled manifest.
 """
-
-DATASET_OPTIONS = {
-    "val_size": "validation size: a count or a fraction of train (default: per dataset, the paper's)",
-    "test_size": "test size where the dataset has no official test split (imagefolder, csv, rsna)",
-    "split_seed": "seed of the validation/test draw (default 0)",
-    "uncertain": "CheXpert/CSV uncertain-label policy: mixed (CheXpert default), zeros, ones, ignore",
-    "positive": "positive class of a binary imagefolder/csv task (default: the second in sorted order)",
-    "patient_pattern": "imagefolder: regex whose first group (or group 'patient') is the patient id in a file name",
-    "scoring_level": "MURA: study (default) or patient (average image probabilities per group) or image",
-    "image_column": "csv: image path column (default image)",
-    "label_columns": "csv: label column, or comma-separated multi-label columns (default label)",
-    "patient_column": "csv: patient id column",
-    "study_column": "csv: study id column",
-    "split_column": "csv: split column (train/val/test)",
-    "image_root": "csv: folder that relative image paths start from",
-}
-
-
-def _number(text: str) -> float:
-    value = float(text)
-    return int(value) if value >= 1 and value == int(value) else value
 
 
 def _fractions(text: str) -> list[float]:
@@ -124,10 +105,7 @@ def _register_classify(subparsers) -> None:
     training.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with others)")
     training.add_argument("--cache-dir", help="feature cache (default <output>/features)")
     training.add_argument("--encoder-seed", type=int, default=0, help="seed of random-init encoders")
-    data = parser.add_argument_group("dataset options (None: the adapter's default)")
-    for option, text in DATASET_OPTIONS.items():
-        kind = _number if option in ("val_size", "test_size") else int if option == "split_seed" else str
-        data.add_argument("--" + option.replace("_", "-"), type=kind, help=text)
+    add_labelled_options(parser)
     parser.set_defaults(func=run_classify, classify_parser=parser)
 
 
@@ -154,13 +132,6 @@ def classify_command_line(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
-def dataset_options(args: argparse.Namespace) -> dict:
-    options = {k: getattr(args, k) for k in DATASET_OPTIONS if getattr(args, k) is not None}
-    if "split_seed" in options:
-        options["seed"] = options.pop("split_seed")
-    return options
-
-
 def run_classify(args: argparse.Namespace) -> int:
     import torch
 
@@ -182,7 +153,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    manifest = load_labelled_dataset(args.dataset, **dataset_options(args))
+    manifest = load_labelled_dataset(args.dataset, **labelled_options(args))
     print(f"{args.dataset}: {manifest.task.kind} task {manifest.task.class_names}, splits {manifest.counts()}")
     if args.save_manifest:
         write_labelled_manifest(manifest, args.save_manifest)
@@ -261,7 +232,8 @@ def _register_retrieval(subparsers) -> None:
     parser.add_argument(
         "--space", choices=("both", "h_v", "v"), default="both", help="image space for image-image retrieval"
     )
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 50, 100], help="Precision@k cut-offs")
+    parser.add_argument("--k", type=int, nargs="+", default=None, help="Precision@k cut-offs (default: those of "
+                        "5 10 50 100 that the candidates per query allow; the others are named)")  # fmt: skip
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for CSV, Markdown, metrics.json")
     parser.add_argument("--title", default=None, help="Markdown title")
     parser.set_defaults(func=run_retrieval)
@@ -269,7 +241,7 @@ def _register_retrieval(subparsers) -> None:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     from convirt.data.chexpert8x200 import read_official_lists, resolve_chexpert_paths
-    from convirt.evaluation.retrieval import evaluate_labelled, evaluate_official, write_report
+    from convirt.evaluation.retrieval import dropped_cutoffs_note, evaluate_labelled, evaluate_official, write_report
 
     if bool(args.chexpert_root) == bool(args.dataset):
         raise ConfigError("give either --chexpert-root (official CheXpert 8x200 lists) or --dataset (labelled data)")
@@ -283,7 +255,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         report = evaluate_official(embedders, args.chexpert_root, lists, args.k, spaces, args.batch_size)
         title = args.title or "Zero-shot retrieval, CheXpert 8x200 (official lists)"
     else:
-        paths, labels, info = labelled_images(args.dataset, args.split)
+        paths, labels, info = dataset_images(args)
         prompts = read_prompt_options(args) if args.prompts else None
         embedders = load_embedders(args)
         report = evaluate_labelled(
@@ -304,6 +276,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
         title = args.title or f"Zero-shot retrieval, {info['task']} ({args.split})"
     report.data["encoders"] = {e.label: e.spec for e in embedders}
     files = write_report(report, args.output, command_line(), title)
+    if dropped_cutoffs_note(report):
+        print(dropped_cutoffs_note(report).strip())
     for result in report.results:
         means = ", ".join(f"P@{k} {result.mean[k]:.1f}" for k in result.ks)
         print(f"{result.encoder:>24}  {result.task:<11} {result.space:<4} {means}")
@@ -349,7 +323,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     if not args.dataset or not args.prompts:
         raise ConfigError("zero-shot classification needs --dataset and --prompts")
     prompts = read_prompt_options(args)
-    paths, labels, info = labelled_images(args.dataset, args.split)
+    paths, labels, info = dataset_images(args)
     embedders = load_embedders(args)
     results = evaluate_zeroshot(embedders, paths, labels, prompts, args.temperature, args.batch_size)
     info["prompts"] = args.prompts

@@ -25,6 +25,7 @@ OPTION_HINTS = {
     "standardize": "--standardize",
     "steps": "--steps N",
     "backend": "--backend torch",
+    "k": "--k with cut-offs up to the candidates per query, or no --k for the defaults that fit",
 }
 
 
@@ -55,7 +56,48 @@ def add_encoder_options(parser: argparse.ArgumentParser, required: bool = True) 
     group.add_argument("--no-fast", action="store_true", help="disable bf16 autocast + channels_last")
 
 
-def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True) -> None:
+# The labelled-dataset adapters' options (convirt.data.sources), offered by every command that reads --dataset.
+LABELLED_OPTIONS = {
+    "val_size": "validation size: a count or a fraction of train (default: per dataset, the paper's)",
+    "test_size": "test size where the dataset has no official test split (imagefolder, csv, rsna)",
+    "split_seed": "seed of the validation/test draw (default 0)",
+    "uncertain": "CheXpert/CSV uncertain-label policy: mixed (CheXpert default), zeros, ones, ignore",
+    "positive": "positive class of a binary imagefolder/csv task (default: the second in sorted order)",
+    "patient_pattern": "imagefolder: regex whose first group (or group 'patient') is the patient id in a file name",
+    "scoring_level": "MURA: study (default) or patient (average image probabilities per group) or image",
+    "image_column": "csv: image path column (default image)",
+    "label_columns": "csv: label column, or comma-separated multi-label columns (default label)",
+    "patient_column": "csv: patient id column",
+    "study_column": "csv: study id column",
+    "split_column": "csv: split column (train/val/test)",
+    "image_root": "csv: folder that relative image paths start from",
+}
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def add_labelled_options(parser: argparse.ArgumentParser) -> None:
+    """The options of :data:`LABELLED_OPTIONS` (``--split-column``, ``--label-columns``, ``--val-size`` ...)."""
+    group = parser.add_argument_group("labelled dataset options (None: the adapter's default)")
+    for option, text in LABELLED_OPTIONS.items():
+        kind = _number if option in ("val_size", "test_size") else int if option == "split_seed" else str
+        group.add_argument("--" + option.replace("_", "-"), type=kind, help=text)
+
+
+def labelled_options(args: argparse.Namespace) -> dict:
+    """The labelled-dataset options given on the command line, as the adapters name them."""
+    options = {k: getattr(args, k) for k in LABELLED_OPTIONS if getattr(args, k) is not None}
+    if "split_seed" in options:
+        options["seed"] = options.pop("split_seed")
+    return options
+
+
+def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True, split: str = "test") -> None:
+    """``--dataset``, ``--split`` (default ``split``), the labelled-dataset options and (``prompts``) the class
+    prompts: the one block of every command that reads a labelled dataset."""
     group = parser.add_argument_group("labelled data")
     group.add_argument(
         "--dataset",
@@ -63,7 +105,9 @@ def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True) -
         help="labelled images: KIND:PATH (imagefolder:, csv:, chexpert:, ...), an image folder or a manifest "
         "(see convirt.data.sources)",
     )
-    group.add_argument("--split", default="test", help="split to use (train/val/test; 'all' for every row)")
+    group.add_argument("--split", default=split, help=f"split to use (train/val/test; 'all' for every row; "
+                       f"default {split})")  # fmt: skip
+    add_labelled_options(parser)
     if prompts:
         group.add_argument(
             "--prompts",
@@ -76,6 +120,13 @@ def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True) -
             metavar="CLASS=PROMPT_LABEL",
             help="repeatable: use the prompts of PROMPT_LABEL for dataset class CLASS (e.g. 'NORMAL=No Finding')",
         )
+
+
+def dataset_images(args: argparse.Namespace) -> tuple[list[str], list[str], dict]:
+    """(paths, class names, description) of ``--dataset``'s ``--split``, read with the labelled-dataset options."""
+    from convirt.data.sources import labelled_images
+
+    return labelled_images(args.dataset, args.split, **labelled_options(args))
 
 
 def parse_prompt_map(items: Sequence[str] | None) -> dict[str, str] | None:

@@ -16,8 +16,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convirt.cli.options import add_dataset_options, add_encoder_options, load_embedders, read_prompt_options
-from convirt.data.sources import labelled_images, sample_per_class
+from convirt.cli.options import (
+    add_dataset_options,
+    add_encoder_options,
+    dataset_images,
+    load_embedders,
+    read_prompt_options,
+)
+from convirt.data.sources import sample_per_class
 from convirt.errors import ConfigError
 
 
@@ -59,7 +65,7 @@ def _run_tsne(args: argparse.Namespace) -> int:
         paths = [str(p) for p in resolve_chexpert_paths(lists.candidate_paths, args.chexpert_root)]
         labels, name = lists.candidate_labels, "CheXpert 8x200 candidates"
     else:
-        paths, labels, info = labelled_images(args.dataset, args.split)
+        paths, labels, info = dataset_images(args)
         name = f"{info['task']} ({args.split})"
     categories = args.categories or sorted(set(labels), key=lambda c: (labels.index(c), c))
     unknown = sorted(set(categories) - set(labels))
@@ -126,7 +132,7 @@ def _run_saliency(args: argparse.Namespace) -> int:
         raise ConfigError("give image files or --dataset, not both")
     truths: list[str | None]
     if args.dataset:
-        paths, labels, _ = labelled_images(args.dataset, args.split)
+        paths, labels, _ = dataset_images(args)
         paths, truths = sample_per_class(paths, labels, sorted(set(labels)), args.per_class, args.seed)
     elif args.images:
         paths, truths = list(args.images), [None] * len(args.images)

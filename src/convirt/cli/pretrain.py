@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     from convirt.engine.train import pretrain
 
     result = pretrain(config, objective)
-    print(json.dumps(result.to_dict(), indent=2))
+    print(result.finished_before or json.dumps(result.to_dict(), indent=2))
     return 0

@@ -3,6 +3,7 @@
 ::
 
     convirt index IMAGE_DIR --checkpoint best.ckpt -o images.index.pt
+    convirt index --dataset csv:table.csv --split-column fold --split test --checkpoint best.ckpt
     convirt search images.index.pt "Pleural effusion is present." -k 10 --contact-sheet hits.png
     convirt search images.index.pt --image query.png -k 10
 """
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from convirt.cli.options import add_dataset_options, dataset_images
 from convirt.errors import ConfigError
 
 
@@ -23,12 +25,16 @@ def register(subparsers) -> None:
 
 
 def _register_index(subparsers) -> None:
-    parser = subparsers.add_parser("index", help="embed a folder of images into a searchable index file")
-    parser.add_argument("image_dir", metavar="IMAGE_DIR")
+    parser = subparsers.add_parser(
+        "index", help="embed a folder of images (or a labelled dataset's split) into a searchable index file"
+    )
+    parser.add_argument("image_dir", metavar="IMAGE_DIR", nargs="?", help="every image under this folder")
+    add_dataset_options(parser, prompts=False, split="all")  # or the images of a labelled dataset's split
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="CKPT", help="ConVIRT checkpoint (text and image search)")
     source.add_argument("--encoder", metavar="SPEC", help="any encoder specification (image-only: image search)")
-    parser.add_argument("--output", "-o", metavar="FILE", help="index file (default: ./<IMAGE_DIR name>.index.pt)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="index file (default: ./<IMAGE_DIR or dataset "
+                        "name>.index.pt)")  # fmt: skip
     parser.add_argument("--space", choices=("h_v", "v"), default=None, help="default: v with a checkpoint, else h_v")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=512, help="images per resumable part file")
@@ -41,7 +47,15 @@ def _register_index(subparsers) -> None:
 def _run_index(args: argparse.Namespace) -> int:
     from convirt.analysis.search import build_index
 
-    output = args.output or f"{Path(args.image_dir).resolve().name}.index.pt"
+    if (args.image_dir is None) == (args.dataset is None):
+        raise ConfigError("give an IMAGE_DIR or --dataset (the images of a labelled dataset's --split)")
+    if args.image_dir:
+        images, name = None, Path(args.image_dir).resolve().name
+    else:
+        from convirt.data.sources import parse_dataset_spec
+
+        images, name = dataset_images(args)[0], f"{parse_dataset_spec(args.dataset)[1].resolve().stem}-{args.split}"
+    output = args.output or f"{name}.index.pt"
     spec = args.checkpoint or args.encoder
     index = build_index(
         args.image_dir,
@@ -53,6 +67,7 @@ def _run_index(args: argparse.Namespace) -> int:
         args.restart,
         args.seed,
         progress=not args.no_progress,
+        images=images,
     )
     print(f"indexed {len(index)} images ({index.space}, {tuple(index.embeddings.shape)}) into {output}")
     if index.failed:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convirt.config import flat_items
 from convirt.demo.config import DEMO_SETTINGS, QUICK_SETTINGS, TEXT_QUERIES
 from convirt.encoders.spec import EncoderSpec
 from convirt.errors import ConfigError
@@ -121,14 +122,6 @@ def _check_offline_weights(settings: DemoSettings, work: Path) -> None:
     if weights_kind(config.model.image_weights) == "builtin":
         offline_imagenet_file(config.model.image_encoder)
     resolve_text_source(config.model.text_encoder)
-
-
-def _flat(prefix: str, value, out: dict) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
 
 
 def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None, log: Callable[[str], None] = print):
@@ -221,8 +214,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
         },
         "timings_seconds": {**timings, "total": round(time.perf_counter() - started, 1)},
     }
-    flat: dict = {}
-    _flat("", {k: metrics[k] for k in ("retrieval", "linear_probe", "zero_shot")}, flat)
+    flat = flat_items({k: metrics[k] for k in ("retrieval", "linear_probe", "zero_shot")})
     flat["pretrain.final_val_loss"] = metrics["pretrain"]["final_val_loss"]
     flat["pretrain.seconds"] = metrics["pretrain"]["seconds"]
     metrics = {**{k: flat[k] for k in REQUIRED_KEYS}, **metrics}

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from convirt.config import Config, ModelConfig
+from convirt.errors import CheckpointError, ModelLoadError
 from convirt.models.convirt import ConVIRT
 from convirt.models.image import create_image_encoder
 from convirt.models.text import TextEncoder, load_pretrained_text_model, load_tokenizer
@@ -30,7 +31,12 @@ def build_convirt(
     """
     m = model_config
     weights = m.image_weights if image_weights == FROM_CONFIG else image_weights
-    image_encoder = create_image_encoder(m.image_encoder, weights)
+    try:
+        image_encoder = create_image_encoder(m.image_encoder, weights)
+    except (ModelLoadError, CheckpointError) as exc:
+        if image_weights != FROM_CONFIG:
+            raise
+        raise type(exc)(f"model.image_weights={weights}: {exc}") from None
     if text_model is None:
         text_model = load_pretrained_text_model(m.text_encoder, random_init=m.text_weights == "random")
     text_encoder = TextEncoder(text_model, freeze_layers=m.freeze_layers, pooling=m.pooling)  # type: ignore[arg-type]

@@ -28,15 +28,20 @@ class ResumeCheckpoint(Checkpoint):
 
     def __init__(self, path: str | os.PathLike, every: int, val_every: int) -> None:
         self.path, self.every, self.val_every = str(path), every, val_every
+        self.saved_step: int | None = None  # the step of the last write in this session
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state (explicit: Lightning logs a default)
+        self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
         if step % self.every == 0 and step % self.val_every != 0:
-            trainer.save_checkpoint(self.path)
+            self.save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            self.save(trainer)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -11,6 +11,10 @@ everything that is not the objective's loss:
 - the image batch and the image encoders in channels-last layout when ``train.channels_last``, decided in one
   place (:meth:`~ObjectiveModule.image_batch`, :meth:`~ObjectiveModule.image_encoders`);
 - the validation loss, averaged over all validation pairs and processes, and the evaluation count;
+- the guard against a NaN or infinite loss (:meth:`~ObjectiveModule.training_step`, :func:`nonfinite_anywhere`):
+  every process takes the same decision; the run stops with :class:`~convirt.errors.TrainingError` at the first
+  one, or skips up to ``train.max_nonfinite_steps`` such steps (the update and any buffer change undone); a
+  non-finite validation loss always stops, and no checkpoint is written of weights that are not finite;
 - the checkpoint entries a resumed run needs to continue identically (``convirt_state``: plateau, RNG states,
   evaluations, skipped images) and the objective's ``convirt`` payload (config + what rebuilds the model offline).
 
@@ -20,6 +24,8 @@ engine's :func:`~convirt.engine.train.pretrain` takes a builder returning :class
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +37,10 @@ import torch
 import torch.distributed as dist
 
 from convirt.config import Config
+from convirt.errors import TrainingError
 from convirt.schedule import PlateauHalving
+
+log = logging.getLogger("convirt")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -64,6 +73,28 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def nonfinite_anywhere(value: torch.Tensor) -> bool:
+    """Whether ``value`` holds a NaN or an infinity on this process or on any other.
+
+    The rank-local flag is all-reduced (max) when ``torch.distributed`` is up, so every process takes the same
+    decision (stopping or skipping on one process alone would hang the others in their next collective).
+    """
+    flag = (~torch.isfinite(value.detach())).any().to(torch.float32).reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def nonfinite_message(what: str, value: float | str, step: str, config: Config, precision: str) -> str:
+    """The one line a NaN or infinite loss stops training with: where, and the likely causes to check
+    (``precision``: the precision training runs in, e.g. ``16-mixed``)."""
+    causes = [f"a learning rate too high (optim.lr={config.optim.lr:g})"]
+    if "16" in precision and "bf16" not in precision:
+        causes.append(f"an fp16 overflow (precision {precision}: try train.precision=bf16-mixed or 32)")
+    causes.append(f"bad data (blank or corrupt images, empty text in {config.data.manifest})")
+    return f"{what} is {value} at {step}; likely causes: {', '.join(causes[:-1])} or {causes[-1]}"
+
+
 class ObjectiveModule(L.LightningModule):
     """The engine's side of an objective; subclasses implement :meth:`batch_loss` and may set the class attributes.
 
@@ -85,6 +116,9 @@ class ObjectiveModule(L.LightningModule):
         self._pending_plateau: dict[str, Any] | None = None
         self._pending_rng: dict[str, Any] | None = None
         self.skipped_images: list[str] = []
+        self.nonfinite_steps = 0  # training steps skipped for a NaN/inf loss (train.max_nonfinite_steps)
+        self._skip_update = False
+        self._saved_buffers: list[torch.Tensor] = []
         self._val_sum = torch.zeros(())
         self._val_count = torch.zeros(())
         self.evaluations = 0
@@ -147,13 +181,54 @@ class ObjectiveModule(L.LightningModule):
             self._pending_rng = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # Buffers (batch-norm statistics, MoCo's queue) change in the forward pass: kept to undo a skipped step.
+        self._saved_buffers = (
+            [b.detach().clone() for b in self.buffers()] if self.config.train.max_nonfinite_steps else []
+        )
         loss = self.train_loss(batch)
+        self._skip_update = self._nonfinite_step(loss)
         size = batch["images"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
         if batch["skipped"]:
             self.skipped_images.extend(batch["skipped"])
         return loss
+
+    def _nonfinite_step(self, loss: torch.Tensor) -> bool:
+        """True when this step's loss is NaN or infinite on any process and the step is to be skipped; raises
+        :class:`TrainingError` once more than ``train.max_nonfinite_steps`` steps had such a loss."""
+        if not nonfinite_anywhere(loss):
+            return False
+        self.nonfinite_steps += 1
+        limit = self.config.train.max_nonfinite_steps
+        step = f"training step {self.global_step + 1}"
+        if self.nonfinite_steps > limit:
+            skipped = f" ({limit} such step(s) skipped before, train.max_nonfinite_steps={limit})" if limit else ""
+            raise self._nonfinite("the training loss", float(loss.detach()), step, skipped)
+        log.warning(
+            "%s: the training loss is %s; update skipped (%d of train.max_nonfinite_steps=%d)",
+            step,
+            float(loss.detach()),
+            self.nonfinite_steps,
+            limit,
+        )
+        return True
+
+    def _nonfinite(self, what: str, value: float | str, step: str, note: str = "") -> TrainingError:
+        precision = str(self.trainer.precision) if self._trainer is not None else self.config.train.precision
+        return TrainingError(nonfinite_message(what, value, step, self.config, precision) + note)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A skipped step (after its backward pass): the buffers as before its forward pass, and no gradient, so
+        the optimiser leaves every parameter and its state as they are."""
+        if not self._skip_update:
+            return
+        with torch.no_grad():
+            for buffer, value in zip(self.buffers(), self._saved_buffers):
+                buffer.copy_(value)
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
 
     # -- validation ---------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -173,6 +248,9 @@ class ObjectiveModule(L.LightningModule):
         if totals[1] == 0:
             return
         val_loss = float(totals[0] / totals[1])
+        if not math.isfinite(val_loss):  # the same on every process (all-reduced): all stop, best.ckpt untouched
+            when = "the sanity check before training" if self.trainer.sanity_checking else f"step {self.global_step}"
+            raise self._nonfinite("the validation loss", val_loss, when)
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False)
         if self.trainer.sanity_checking:
             return
@@ -183,13 +261,26 @@ class ObjectiveModule(L.LightningModule):
 
     # -- checkpoint state ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_state()
         checkpoint["convirt"] = self.payload
         checkpoint["convirt_state"] = {
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "rng": capture_rng_state(),
             "evaluations": self.evaluations,
             "skipped_images": list(self.skipped_images),
+            "nonfinite_steps": self.nonfinite_steps,
         }
+
+    def check_finite_state(self) -> None:
+        """Raise :class:`TrainingError` when a parameter or buffer holds a NaN or an infinity: such a state is
+        never written over a checkpoint (the same on every process: DDP keeps the weights identical)."""
+        tensors = [(n, t) for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors]) if tensors else None
+        if finite is None or bool(finite.all()):
+            return
+        bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+        what = f"{bad[0]} (and {len(bad) - 1} other weight tensor(s))"
+        raise self._nonfinite(what, "not finite", f"step {self.global_step}", "; the checkpoint was not written")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("convirt_state", {})
@@ -197,6 +288,7 @@ class ObjectiveModule(L.LightningModule):
         self._pending_rng = state.get("rng")
         self.evaluations = int(state.get("evaluations", 0))
         self.skipped_images = list(state.get("skipped_images", []))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         if self.plateau is not None and self._pending_plateau is not None:
             self.plateau.load_state_dict(self._pending_plateau)
             self._pending_plateau = None

@@ -40,6 +40,26 @@ DEFAULT_KS = (5, 10, 50, 100)
 TASKS = ("image_image", "text_image")
 
 
+def fitting_cutoffs(ks: Sequence[int] | None, candidates: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(the Precision@k cut-offs to compute, the default ones left out) for ``candidates`` candidates per query.
+
+    ``ks`` None: the cut-offs of :data:`DEFAULT_KS` that fit (at most ``candidates``), the others left out and
+    reported. Cut-offs asked for are all kept: one that does not fit is an error (:func:`precision_at_k`).
+    """
+    if ks is not None:
+        return tuple(ks), ()
+    kept = tuple(k for k in DEFAULT_KS if k <= candidates)
+    if not kept:
+        raise ConfigError(f"{candidates} candidate(s) per query: too few for Precision@{DEFAULT_KS[0]}", setting="k")
+    return kept, tuple(k for k in DEFAULT_KS if k > candidates)
+
+
+def _note_dropped(report: RetrievalReport, dropped: tuple[int, ...], candidates: int) -> RetrievalReport:
+    if dropped:
+        report.data["dropped_cutoffs"] = {"ks": list(dropped), "candidates_per_query": candidates}
+    return report
+
+
 def precision_at_k(
     similarity: torch.Tensor,
     relevant: torch.Tensor,
@@ -63,7 +83,9 @@ def precision_at_k(
     out = torch.empty(sims.shape[0], len(ks), dtype=torch.float64)
     for column, k in enumerate(ks):
         if not 1 <= k <= available:
-            raise ConfigError(f"Precision@{k} needs at least {k} candidates per query; there are {available}")
+            raise ConfigError(
+                f"Precision@{k} needs at least {k} candidates per query; there are {available}", setting="k"
+            )
         kth = sims.topk(k, dim=1).values[:, -1:]
         above, tied = sims > kth, sims == kth
         n_above, n_tied = above.sum(1), tied.sum(1)
@@ -206,7 +228,7 @@ def evaluate_lists(
     embedders: Sequence[Embedder],
     lists: RetrievalLists,
     image_paths: dict[str, str | os.PathLike] | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     spaces: Sequence[str] = ("h_v", "v"),
     batch_size: int = 32,
     protocol: str = "chexpert-8x200",
@@ -214,9 +236,9 @@ def evaluate_lists(
     """Image-image (each requested space the encoder has) and text-image retrieval over ``lists``.
 
     ``image_paths`` maps each list path to the file to read (see :func:`resolve_chexpert_paths`); by default the
-    list paths are read as they are.
+    list paths are read as they are. ``ks`` None: the default cut-offs that fit (:func:`fitting_cutoffs`).
     """
-    ks = tuple(ks)
+    ks, dropped = fitting_cutoffs(ks, len(lists.candidate_paths))
     image_paths = image_paths or {p: p for p in lists.image_paths()}
     results: list[RetrievalResult] = []
     for embedder in embedders:
@@ -252,14 +274,15 @@ def evaluate_lists(
         "n_image_queries": len(lists.image_query_paths),
         "n_text_queries": len(lists.text_queries),
     }
-    return RetrievalReport(protocol, ks, tuple(lists.categories), results, prior, data)
+    report = RetrievalReport(protocol, ks, tuple(lists.categories), results, prior, data)
+    return _note_dropped(report, dropped, len(lists.candidate_paths))
 
 
 def evaluate_official(
     embedders: Sequence[Embedder],
     chexpert_root: str | os.PathLike,
     lists: RetrievalLists | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     spaces: Sequence[str] = ("h_v", "v"),
     batch_size: int = 32,
 ) -> RetrievalReport:
@@ -329,7 +352,7 @@ def evaluate_labelled(
     paths: Sequence[str],
     labels: Sequence[str],
     prompts: dict[str, list[str]] | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] | None = None,
     spaces: Sequence[str] = ("h_v", "v"),
     image_queries_per_class: int | None = None,
     seed: int = 0,
@@ -339,14 +362,14 @@ def evaluate_labelled(
     """Generic retrieval on a labelled image set (single label per image) with text queries per class.
 
     Leave-one-out (the default): every image queries all the others, itself excluded from its ranking. Images are
-    embedded once per encoder.
+    embedded once per encoder. ``ks`` None: the default cut-offs that fit (:func:`fitting_cutoffs`).
     """
     lists = labelled_lists(paths, labels, prompts, image_queries_per_class, seed, source)
     if image_queries_per_class is not None:
         report = evaluate_lists(embedders, lists, None, ks, spaces, batch_size, protocol="labelled")
         report.data.update({"image_queries": f"{image_queries_per_class} per class", "seed": seed})
         return report
-    ks = tuple(ks)
+    ks, dropped = fitting_cutoffs(ks, len(paths) - 1)  # each image ranks all the others
     self_mask = torch.eye(len(paths), dtype=torch.bool)
     results = []
     for embedder in embedders:
@@ -374,7 +397,9 @@ def evaluate_labelled(
         "image_queries": "leave-one-out (every image against all others)",
         "n_text_queries": len(lists.text_queries),
     }
-    return RetrievalReport("labelled", ks, lists.categories, results, prior, data)
+    return _note_dropped(
+        RetrievalReport("labelled", ks, lists.categories, results, prior, data), dropped, len(paths) - 1
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -404,6 +429,16 @@ def report_frame(report: RetrievalReport) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def dropped_cutoffs_note(report: RetrievalReport) -> str:
+    """`` Precision@100 is not reported: 59 candidates per query.`` when default cut-offs were left out, else ``""``."""
+    dropped = report.data.get("dropped_cutoffs")
+    if not dropped:
+        return ""
+    names = ", ".join(f"Precision@{k}" for k in dropped["ks"])
+    verb = "is" if len(dropped["ks"]) == 1 else "are"
+    return f" {names} {verb} not reported: {dropped['candidates_per_query']} candidates per query."
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
@@ -421,7 +456,8 @@ def report_markdown(report: RetrievalReport, title: str = "Zero-shot retrieval",
     lines += [
         f"Protocol: {report.protocol}; categories: {', '.join(report.categories)}. "
         "Precision@k in percent (ties counted by expectation); image-image rows name the image space "
-        "(h_v = encoder output, v = projected); text-image always ranks in the shared space (u against v).",
+        "(h_v = encoder output, v = projected); text-image always ranks in the shared space (u against v)."
+        + dropped_cutoffs_note(report),
         "",
         header,
         "|" + "---|" * (1 + len(TASKS) * len(ks)),

@@ -259,7 +259,7 @@ def _from_legacy_mobilenet_v2(state: dict[str, torch.Tensor]) -> dict[str, torch
 def _load_local(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
-        raise ModelLoadError(f"image weights file {file} does not exist (model.image_weights)")
+        raise ModelLoadError(f"image weights file {file} does not exist")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from convirt.errors import ConfigError, ModelLoadError
+from convirt.paths import hub_unreachable
 
 Pooling = Literal["max", "mean", "cls"]
 log = logging.getLogger("convirt")
@@ -38,9 +39,10 @@ def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Poo
     raise ConfigError(f"unknown text pooling {pooling!r}; use max, mean or cls")
 
 
-def _hub_hint(name: str) -> str:
+def _hub_hint(name: str, offline: str | None) -> str:
+    why = f"the hub is unreachable: {offline}, and no copy is cached" if offline else "no network?"
     return (
-        f"'{name}' is not a local folder and could not be fetched from the Hugging Face hub (no network?). "
+        f"'{name}' is not a local folder and could not be fetched from the Hugging Face hub ({why}). "
         f"On a machine with a network run `hf download {name} --local-dir /path/to/{Path(name).name}` "
         f"(or `huggingface-cli download ...`), copy the folder here and pass model.text_encoder=/path/to/folder."
     )
@@ -63,6 +65,26 @@ def resolve_text_source(name: str) -> str:
     return str(folder)
 
 
+def text_model_source(name: str) -> tuple[str, bool, str | None]:
+    """Where the text model (and tokenizer) ``name`` loads from: (a local folder or a hub name, whether it is a
+    local folder, why the hub cannot be reached or None).
+
+    A path-like name (absolute, ``./``, ``../``, ``~``) that is no folder is an error naming it. For a hub name
+    the hub is probed first (:func:`convirt.paths.hub_unreachable`); when it cannot be reached, only a cached copy
+    is used (``local_files_only``), so loading fails at once instead of retrying for a minute.
+    """
+    name = resolve_text_source(name)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local), True, None
+    if name.startswith((".", "/", "~")) or local.exists():
+        raise ModelLoadError(
+            f"model.text_encoder={name}: no such folder (a local text model is a folder holding config.json and "
+            "the tokenizer files)"
+        )
+    return name, False, hub_unreachable()
+
+
 def load_pretrained_text_model(name: str, random_init: bool = False) -> nn.Module:
     """Load a Hugging Face encoder from a hub name or local folder, with a clear error when that is impossible."""
     from transformers import AutoConfig, AutoModel
@@ -70,22 +92,18 @@ def load_pretrained_text_model(name: str, random_init: bool = False) -> nn.Modul
 
     hf_logging.set_verbosity_error()  # the unused-pooler load report is noise here
     hf_logging.disable_progress_bar()
-    name = resolve_text_source(name)
-
-    local = Path(name).expanduser()
-    source = str(local) if local.is_dir() else name
-    if not local.is_dir() and name.startswith((".", "/", "~")):
-        raise ModelLoadError(f"text model folder {name} does not exist (model.text_encoder)")
+    source, local, offline = text_model_source(name)
+    cached = {"local_files_only": True} if offline else {}
     try:
         if random_init:
-            return AutoModel.from_config(AutoConfig.from_pretrained(source))
-        return AutoModel.from_pretrained(source, add_pooling_layer=False)
+            return AutoModel.from_config(AutoConfig.from_pretrained(source, **cached))
+        return AutoModel.from_pretrained(source, add_pooling_layer=False, **cached)
     except TypeError:
-        return AutoModel.from_pretrained(source)
+        return AutoModel.from_pretrained(source, **cached)
     except (OSError, ValueError) as exc:
-        if local.is_dir():
-            raise ModelLoadError(f"cannot load text model from folder {local}: {exc}") from exc
-        raise ModelLoadError(_hub_hint(name)) from exc
+        if local:
+            raise ModelLoadError(f"cannot load text model from folder {source}: {exc}") from exc
+        raise ModelLoadError(_hub_hint(source, offline)) from exc
 
 
 def vocabulary_is_cased(tokenizer) -> bool:
@@ -113,15 +131,16 @@ def load_tokenizer(name: str, lowercase: bool | None = None):
     """
     from transformers import AutoTokenizer
 
-    name = resolve_text_source(name)
-    local = Path(name).expanduser()
-    options = {} if lowercase is None else {"do_lower_case": lowercase}
+    name, local, offline = text_model_source(name)
+    options: dict = {} if lowercase is None else {"do_lower_case": lowercase}
+    if offline:
+        options["local_files_only"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name, **options)
+        tokenizer = AutoTokenizer.from_pretrained(name, **options)
     except (OSError, ValueError) as exc:
-        if local.is_dir():
-            raise ModelLoadError(f"cannot load a tokenizer from folder {local}: {exc}") from exc
-        raise ModelLoadError(_hub_hint(name)) from exc
+        if local:
+            raise ModelLoadError(f"cannot load a tokenizer from folder {name}: {exc}") from exc
+        raise ModelLoadError(_hub_hint(name, offline)) from exc
     lowers, cased = tokenizer_lowercases(tokenizer), vocabulary_is_cased(tokenizer)
     if lowercase is not None and lowers != lowercase:
         raise ConfigError(

@@ -73,15 +73,18 @@ def load_labelled_dataset(spec: str | os.PathLike, **options) -> LabelledManifes
     return module.build(path, **options)
 
 
-def labelled_images(spec: str | os.PathLike, split: str | None = "test") -> tuple[list[str], list[str], dict]:
+def labelled_images(
+    spec: str | os.PathLike, split: str | None = "test", **options
+) -> tuple[list[str], list[str], dict]:
     """(paths, class names, description) of a labelled dataset's split, one class per image.
 
     Multi-label datasets keep the images positive for exactly one label and known negative for all others (as
-    CheXpert 8x200 was drawn), labelled by that label. ``split`` None or ``all``: every row.
+    CheXpert 8x200 was drawn), labelled by that label. ``split`` None or ``all``: every row. ``options`` go to the
+    dataset's adapter (:func:`load_labelled_dataset`: ``split_column``, ``label_columns``, ``val_size`` ...).
     """
     kind, path = parse_dataset_spec(str(spec))
     # An absolute path: adapters resolve image paths against the dataset root, which a relative root breaks.
-    manifest = load_labelled_dataset(f"{kind}:{path.expanduser().resolve()}")
+    manifest = load_labelled_dataset(f"{kind}:{path.expanduser().resolve()}", **options)
     if split and split != "all":
         manifest = manifest.split(split)
     if len(manifest) == 0:
