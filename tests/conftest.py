@@ -32,6 +32,17 @@ def covid_dir(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def official(shared_data: Path):
+    """The released CheXpert 8x200 retrieval lists (a RetrievalLists), parsed and checked."""
+    from convirt.data.chexpert8x200 import read_official_lists
+
+    folder = shared_data / "convirt-retrieval"
+    if not (folder / "candidate.csv").is_file():
+        pytest.skip(f"{folder} is missing")
+    return read_official_lists(folder)
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     folder = offline_minilm_dir()
     if folder is None:

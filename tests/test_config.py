@@ -27,6 +27,7 @@ def test_paper_config_has_the_papers_numbers() -> None:
     assert (c.train.val_every_steps, c.train.plateau_patience, c.train.lr_factor) == (5000, 5, 0.5)
     assert c.train.max_evals == 200 and c.max_steps == 1_000_000
     assert c.train.precision == "mixed"
+    assert c.train.sync_batchnorm is True and Config().train.sync_batchnorm is False  # several GPUs: as one GPU
 
 
 def test_defaults_equal_the_paper_config_where_it_matters() -> None:

@@ -95,6 +95,22 @@ def test_stream_sampler_resumes_at_any_position_and_shards() -> None:
     assert set(ranks[0]).isdisjoint(ranks[1])
 
 
+def test_w_processes_at_batch_b_draw_the_pairs_and_seeds_of_one_process_at_w_times_b() -> None:
+    def stream(size: int, rank: int = 0, world: int = 1, n: int = 60) -> list[tuple[int, int]]:
+        return [x for _, x in zip(range(n), iter(ResumableStreamSampler(size, 5, rank, world)))]
+
+    world, batch = 3, 2
+    for size, same in ((12, True), (13, False)):  # 13 pairs: each epoch drops 13 mod 3 = 1 to keep 3 processes even
+        one = stream(size, n=10 * world * batch)
+        shards = [stream(size, rank, world, n=10 * batch) for rank in range(world)]
+        steps = [
+            sorted(x for shard in shards for x in shard[k * batch : (k + 1) * batch])
+            == sorted(one[k * world * batch : (k + 1) * world * batch])
+            for k in range(10)  # 10 steps: 5 epochs of 12 pairs
+        ]
+        assert all(steps) if same else not all(steps)
+
+
 def test_eval_sampler_is_a_seeded_permutation_the_same_for_any_process_count() -> None:
     def indices(size: int, rank: int = 0, world: int = 1, seed: int = 0) -> list[int]:
         return [i for i, _ in ShardedEvalSampler(size, rank, world, seed)]

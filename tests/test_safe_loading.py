@@ -186,3 +186,28 @@ def test_real_checkpoints_load_and_the_allow_list_covers_their_tokenizer(tmp_pat
     # Several specifications of one file read it once.
     trained, random_like, other = parse_specs([str(checkpoint), f"random-like:{checkpoint}", "random:resnet18"])
     assert trained.checkpoint() is random_like.checkpoint() and other.init == "random"
+
+
+def test_an_export_folder_with_a_text_tower_loads_tensors_only(tmp_path: Path, evil, marker, tiny_bert_dir) -> None:
+    import shutil
+
+    from convirt.encoders.embedders import load_embedder
+    from convirt.encoders.export import export_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.ckpt", tiny_bert_dir)
+    export_checkpoint(checkpoint, tmp_path / "export")
+    exported = load_embedder(str(tmp_path / "export"), device="cpu", fast=False)
+    original = ConvirtEncoder.from_checkpoint(checkpoint, device="cpu", fast=False)
+    assert isinstance(exported, ConvirtEncoder) and exported.spaces == ("h_v", "v")  # heads and text tower come back
+    torch.testing.assert_close(exported.encode_texts(["No effusion."]), original.encode_texts(["No effusion."]))
+
+    heads = shutil.copytree(tmp_path / "export", tmp_path / "pickled-heads")
+    shutil.copy(evil["evil-weights.pt"], heads / "heads.pt")
+    with pytest.raises(UnsafeFileError, match=REFUSED):
+        load_embedder(str(heads))
+    text = shutil.copytree(tmp_path / "export", tmp_path / "pickled-text")
+    for weights in (text / "text_encoder").glob("*.safetensors*"):
+        weights.unlink()
+    torch.save({"boom": CreatesAFile(marker)}, text / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="exported text encoder cannot be read"):
+        load_embedder(str(text))

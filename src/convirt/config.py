@@ -103,6 +103,7 @@ class TrainConfig:
     devices: Any = "auto"  # number of devices per node, or a list of ids
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_find_unused_parameters_true | ...
+    sync_batchnorm: bool = False  # several GPUs: BatchNorm statistics over the global batch (CUDA only)
     log_every_steps: int = 50
     progress_bar: bool = True
     tensorboard: bool = True

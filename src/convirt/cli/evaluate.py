@@ -26,6 +26,8 @@ dataset (the paper's Appendix B). Examples::
         --protocol linear --fractions 0.01,0.1,1 --seeds 5 --output runs/classify/kermany
     convirt evaluate classify --dataset chexpert:/data/CheXpert-v1.0 --uncertain zeros --save-manifest chexpert.csv
     convirt evaluate classify --dataset mura:/data/MURA-v1.1 --encoder export/ --protocol finetune
+    convirt evaluate classify --dataset chexpert:/data --encoder best.ckpt --protocol finetune --fractions 1 \\
+        --seeds 1 --save-encoder runs/finetuned      # the "ConVIRT + CheXpert Supervised" encoder of Table 2
 
 ``--dataset`` is ``KIND:PATH`` with KIND one of imagefolder, csv, rsna, chexpert, covidx, mura, manifest (see
 :mod:`convirt.data.sources`); the dataset options below apply to the kinds that take them. Without
@@ -87,6 +89,11 @@ def _register_classify(subparsers) -> None:
     parser.add_argument("--seeds", type=_seeds, default=5, help="number of seeds (5) or a list of seeds (0,1,2)")
     parser.add_argument("--output", "-o", help="output folder (default runs/classify/<dataset>-<protocol>)")
     parser.add_argument("--save-manifest", help="also write the labelled manifest (CSV/Parquet + .task.json) here")
+    parser.add_argument("--save-encoder", metavar="DIR", help="fine-tune: write each fine-tuned encoder as an export "
+                        "folder DIR/<encoder>-<fraction>-seed<N> (evaluate retrieval takes it as --encoder); with a "
+                        "chexpert: dataset the CheXpert 8x200 retrieval images leave its training data")  # fmt: skip
+    parser.add_argument("--lists", metavar="DIR", help="with --save-encoder on chexpert: the retrieval lists whose "
+                        "images are left out (default: the official lists in the shared data)")  # fmt: skip
     training = parser.add_argument_group("training (defaults: the paper's)")
     training.add_argument("--lr", type=float, help="Adam lr (default 1e-3 for COVIDx, 1e-4 otherwise)")
     training.add_argument("--weight-decay", type=float, default=1e-6)
@@ -144,7 +151,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def _run_classify(args: argparse.Namespace) -> int:
     from convirt.data.labelled import write_labelled_manifest
-    from convirt.data.sources import load_labelled_dataset
+    from convirt.data.sources import load_labelled_dataset, parse_dataset_spec
     from convirt.encoders.spec import parse_specs
     from convirt.evaluation.classification import ClassificationSettings, Recipe, encoder_choice
     from convirt.evaluation.classification.runner import evaluate_classification
@@ -153,8 +160,14 @@ def _run_classify(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    manifest = load_labelled_dataset(args.dataset, **labelled_options(args))
+    options = labelled_options(args)
+    if args.save_encoder and parse_dataset_spec(args.dataset)[0] == "chexpert":
+        # A CheXpert-fine-tuned encoder is the upper bound of CheXpert 8x200 retrieval: never train on its images.
+        options.update(exclude_retrieval=True, retrieval_lists=args.lists)
+    manifest = load_labelled_dataset(args.dataset, **options)
     print(f"{args.dataset}: {manifest.task.kind} task {manifest.task.class_names}, splits {manifest.counts()}")
+    if manifest.task.notes:
+        print(f"  {manifest.task.notes}")
     if args.save_manifest:
         write_labelled_manifest(manifest, args.save_manifest)
         print(f"wrote {args.save_manifest}")
@@ -174,7 +187,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     settings = ClassificationSettings(
         protocol=args.protocol, recipe=args.recipe, fractions=args.fractions, seeds=args.seeds,
         image_size=args.image_size, device=args.device, fast=not args.no_fast, workers=args.workers,
-        cache_dir=args.cache_dir, encoder_seed=args.encoder_seed, training=recipe,
+        cache_dir=args.cache_dir, encoder_seed=args.encoder_seed, training=recipe, save_encoders=args.save_encoder,
     )  # fmt: skip
     output = args.output or str(Path("runs") / "classify" / f"{manifest.task.name}-{args.protocol}")
     command = classify_command_line(args)

@@ -191,12 +191,30 @@ def load_image_encoder_from_checkpoint(checkpoint: Checkpoint | str | os.PathLik
     return encoder.eval()
 
 
+PAIR_CLASSIFIER_OBJECTIVE = "contrastive_binary"  # the objective whose checkpoint holds a pair classifier
+
+
 @dataclass
 class LoadedModel:
-    model: Any  # ConVIRT
+    model: Any  # ConVIRT, or the Contrastive-Binary baseline's PairClassifier
     tokenizer: Any
     config: Config
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None  # None: rebuilt from an export folder
+
+
+def _rebuild_with_text_tower(checkpoint: Checkpoint, build: Any) -> LoadedModel:
+    """``build(text_model)`` with the text model restored from the checkpoint, then every trained weight loaded."""
+    text_model, tokenizer = restore_text_model(checkpoint)
+    model = build(text_model)
+    # Parameters unused by the forward pass (e.g. a text pooler) may be absent from older files: allow only those.
+    result = model.load_state_dict(checkpoint.module_state(), strict=False)
+    missing = [k for k in result.missing_keys if ".pooler." not in k]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} does not match its own config: missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    return LoadedModel(model.eval(), tokenizer, checkpoint.config, checkpoint)
 
 
 def load_model(checkpoint: Checkpoint | str | os.PathLike) -> LoadedModel:
@@ -209,14 +227,24 @@ def load_model(checkpoint: Checkpoint | str | os.PathLike) -> LoadedModel:
             f"{checkpoint.path} was pretrained with objective {checkpoint.objective!r}, which has no text tower to "
             "load here; its image encoder loads with convirt.api.load_image_encoder or `convirt export`"
         )
-    text_model, tokenizer = restore_text_model(checkpoint)
-    model = build_convirt(checkpoint.config.model, image_weights=None, text_model=text_model)
-    # Parameters unused by the forward pass (e.g. a text pooler) may be absent from older files: allow only those.
-    result = model.load_state_dict(checkpoint.module_state(), strict=False)
-    missing = [k for k in result.missing_keys if ".pooler." not in k]
-    if missing or result.unexpected_keys:
+    model_config = checkpoint.config.model
+    return _rebuild_with_text_tower(checkpoint, lambda text: build_convirt(model_config, None, text))
+
+
+def load_pair_classifier(checkpoint: Checkpoint | str | os.PathLike) -> LoadedModel:
+    """Rebuild the Contrastive-Binary baseline's model (encoders, projections, pair classifier) from its checkpoint."""
+    from convirt.encoders.build import build_pair_classifier
+
+    checkpoint = as_checkpoint(checkpoint)
+    if checkpoint.objective != PAIR_CLASSIFIER_OBJECTIVE:
         raise CheckpointError(
-            f"checkpoint {checkpoint.path} does not match its own config: missing {missing[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}"
+            f"{checkpoint.path} was pretrained with objective {checkpoint.objective!r}, not "
+            f"{PAIR_CLASSIFIER_OBJECTIVE!r}: it has no pair classifier"
         )
-    return LoadedModel(model.eval(), tokenizer, checkpoint.config, checkpoint)
+    first_layer = checkpoint.state_dict.get(MODEL_PREFIX + "classifier.0.weight")
+    if first_layer is None:
+        raise CheckpointError(f"checkpoint {checkpoint.path} holds no pair-classifier weights (model.classifier.*)")
+    model_config, hidden_dim = checkpoint.config.model, int(first_layer.shape[0])
+    return _rebuild_with_text_tower(
+        checkpoint, lambda text: build_pair_classifier(model_config, hidden_dim, None, text)
+    )

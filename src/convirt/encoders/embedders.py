@@ -5,7 +5,10 @@
 - :func:`embed_batches`: the one inference loop: each batch to the device (channels_last when ``fast``), run under
   :func:`convirt.runtime.inference_context` (bf16 autocast where native), outputs gathered on the CPU in float32.
 - :class:`Embedder` (interface) -> :class:`ImageEmbedder` (an image encoder: space ``h_v``) ->
-  :class:`ConvirtEncoder` (a ConVIRT model: spaces ``h_v`` and ``v``, and text ``u``).
+  :class:`ConvirtEncoder` (a ConVIRT model: spaces ``h_v`` and ``v``, and text ``u``) and
+  :class:`PairClassifierEmbedder` (the Contrastive-Binary baseline: ``h_v``, sentences scored by its classifier).
+- :meth:`Embedder.score_texts`: every sentence against every image, higher = better match: ``u . v`` for ConVIRT,
+  the pair classifier's logit for Contrastive-Binary; text-image retrieval asks only this.
 - :func:`load_embedder`: an encoder specification (:mod:`convirt.encoders.spec`) -> an embedder.
 - :func:`encoder_fingerprint`: the hash of the weights that identifies an encoder in feature caches and indexes.
 
@@ -27,7 +30,8 @@ from PIL import Image
 from convirt.data.images import load_image
 from convirt.data.transforms import pad_resize_transform, pil_to_uint8_tensor, resize_transform
 from convirt.encoders.build import build_convirt
-from convirt.encoders.checkpoint import Checkpoint, load_model, restore_text_model
+from convirt.encoders.checkpoint import Checkpoint, LoadedModel, load_model, load_pair_classifier, restore_text_model
+from convirt.encoders.export import load_export_model
 from convirt.encoders.spec import RANDOM_LIKE, EncoderSpec
 from convirt.errors import ConfigError
 from convirt.models.image import ImageEncoder
@@ -121,7 +125,13 @@ def encoder_fingerprint(*modules: torch.nn.Module, salt: str = "") -> str:
 
 
 class Embedder:
-    """Embeds images into ``h_v`` and (when it has a projection head) ``v``, and texts into ``u``."""
+    """Embeds images into ``h_v`` and (when it has a projection head) ``v``, and texts into ``u``.
+
+    ``has_text``: it embeds sentences into ``u`` (:meth:`embed_texts`), the space shared with ``v``.
+    :attr:`text_space`: the image representation :meth:`score_texts` ranks against sentences (None: no text
+    queries). ``init`` and ``fine_tuned``: what the specification says the weights are (see
+    :attr:`convirt.encoders.spec.EncoderSpec.init`), which the retrieval table groups by.
+    """
 
     label: str
     spec: str
@@ -129,6 +139,18 @@ class Embedder:
     has_text: bool
     image_size: int
     temperature: float = 0.1  # of the zero-shot softmax when the encoder has none of its own
+    init: str = "custom"
+    fine_tuned: dict | None = None
+
+    @property
+    def text_space(self) -> str | None:
+        """The image representation (a key of :meth:`embed_images`) that :meth:`score_texts` takes."""
+        return "v" if self.has_text else None
+
+    def score_texts(self, texts: Sequence[str], images: torch.Tensor) -> torch.Tensor:
+        """(Q, N) scores of every sentence against every image, higher = better match; ``images`` are the images'
+        :attr:`text_space` embeddings. Here the cosine similarity of the sentences' ``u`` and the images' ``v``."""
+        return self.embed_texts(texts) @ images.T
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -147,6 +169,8 @@ class Embedder:
 
     def check_spaces(self, spaces: Sequence[str]) -> None:
         for space in spaces:
+            if space == self.text_space:
+                continue
             if space not in SPACES:
                 raise ConfigError(f"unknown embedding space {space!r}; use h_v or v")
             if space not in self.spaces:
@@ -207,10 +231,26 @@ class ImageEmbedder(Embedder):
         self.check_spaces(spaces)
         batches = (torch.stack([self.preprocess(x) for x in chunk]) for chunk in batched(list(images), batch_size))
         chunks = embed_batches(lambda b: self._image_outputs(b, spaces), batches, self.device, self.fast, progress)
-        return {space: concat(chunks.get(space), self._space_dim(space)) for space in spaces}
+        return {space: concat(chunks.get(space), self._space_dim(space), self._normalized(space)) for space in spaces}
 
     def _space_dim(self, space: str) -> int:
         return self.image_module.feature_dim
+
+    def _normalized(self, space: str) -> bool:
+        """Whether embeddings of ``space`` are L2-normalised (all but a scorer's own input)."""
+        return True
+
+    def _encode_sentences(self, texts: Sequence[str], forward, dim: int, batch_size: int = 64) -> list[torch.Tensor]:
+        """``forward(input_ids, attention_mask, token_type_ids)`` on the tokenised sentences, float32 CPU chunks."""
+        outputs = []
+        for chunk in batched(list(texts), batch_size):
+            tokens = self.tokenizer(  # type: ignore[attr-defined]
+                list(chunk), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            with inference_context(self.device, self.fast):
+                out = forward(tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"))
+            outputs.append(out.float().cpu())
+        return outputs or [torch.empty(0, dim)]
 
 
 class ConvirtEncoder(ImageEmbedder):
@@ -233,11 +273,13 @@ class ConvirtEncoder(ImageEmbedder):
         fast: bool = True,
         label: str = "ConVIRT",
         spec: str = "",
+        image_size: int | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.max_length = config.model.max_length
-        super().__init__(model.image_encoder, label, spec, config.data.augment.output_size, device, fast)
+        size = image_size or config.data.augment.output_size
+        super().__init__(model.image_encoder, label, spec, size, device, fast)
         self.model = model.to(self.device).eval()  # the whole ConVIRT model (its image encoder is channels_last)
         self.transform = self.preprocess.transform
 
@@ -254,6 +296,19 @@ class ConvirtEncoder(ImageEmbedder):
         loaded = load_model(checkpoint)
         spec = spec or str(loaded.checkpoint.path)
         return cls(loaded.model, loaded.tokenizer, loaded.config, device, fast, label, spec)
+
+    @classmethod
+    def from_export(
+        cls, spec: EncoderSpec | str, device=None, fast: bool = True, label: str = "", image_size: int | None = None
+    ) -> ConvirtEncoder:
+        """Rebuild a ConVIRT model from an export folder with heads and text tower (``convirt export``, or a
+        fine-tuned encoder saved by ``convirt evaluate classify --save-encoder``)."""
+        parsed = EncoderSpec.parse(spec)
+        loaded: LoadedModel = load_export_model(parsed)
+        size = image_size or parsed.export_meta().get("input", {}).get("size")
+        return cls(
+            loaded.model, loaded.tokenizer, loaded.config, device, fast, label or parsed.label, parsed.text, size
+        )
 
     @property
     def image_encoder(self) -> ImageEncoder:
@@ -295,17 +350,11 @@ class ConvirtEncoder(ImageEmbedder):
         self, texts: Sequence[str], batch_size: int = 64, project: bool = True, normalize: bool = True
     ) -> torch.Tensor:
         """Embed sentences -> (N, d) or (N, D_u) with ``project=False``."""
-        outputs = []
-        for chunk in batched(list(texts), batch_size):
-            tokens = self.tokenizer(
-                list(chunk), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            ).to(self.device)
-            with inference_context(self.device, self.fast):
-                out = self.model.encode_text(
-                    tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"), project=project
-                )
-            outputs.append(out.float().cpu())
-        return concat(outputs, self._dim(project, image=False), normalize)
+        dim = self._dim(project, image=False)
+        outputs = self._encode_sentences(
+            texts, lambda ids, mask, types: self.model.encode_text(ids, mask, types, project=project), dim, batch_size
+        )
+        return concat(outputs, dim, normalize)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         return self.encode_texts(list(texts), project=True, normalize=True)
@@ -314,6 +363,67 @@ class ConvirtEncoder(ImageEmbedder):
         if project:
             return self.model.image_head.out_dim
         return (self.model.image_encoder if image else self.model.text_encoder).feature_dim
+
+
+class PairClassifierEmbedder(ImageEmbedder):
+    """The Contrastive-Binary baseline (:class:`convirt.models.pair_classifier.PairClassifier`): images embed into
+    ``h_v``; a sentence and an image are scored by the pair classifier's logit (real pair or not), which is how
+    text-image retrieval ranks the images for a sentence. It has no shared text-image space: no ``v``, no ``u``.
+    """
+
+    has_text = False
+    text_space = "pair"  # type: ignore[assignment]  # the projected image features the classifier reads, unnormalised
+
+    def __init__(
+        self, model, tokenizer, config, device=None, fast: bool = True, label: str = "Contrastive-Binary", spec=""
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.max_length = config.model.max_length
+        super().__init__(model.image_encoder, label, spec, config.data.augment.output_size, device, fast)
+        self.model = model.to(self.device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, device=None, fast: bool = True, label: str = "Contrastive-Binary", spec=""):
+        loaded = load_pair_classifier(checkpoint)
+        spec = spec or str(loaded.checkpoint.path)
+        return cls(loaded.model, loaded.tokenizer, loaded.config, device, fast, label, spec)
+
+    @property
+    def image_module(self) -> ImageEncoder:
+        return self.model.image_encoder
+
+    def _weights(self) -> tuple[torch.nn.Module, ...]:
+        return (self.model.image_encoder, self.model.image_proj)
+
+    def _space_dim(self, space: str) -> int:
+        return self.model.image_proj.out_features if space == self.text_space else self.image_module.feature_dim
+
+    def _normalized(self, space: str) -> bool:
+        return space != self.text_space
+
+    def _image_outputs(self, batch: torch.Tensor, spaces: Sequence[str]) -> dict[str, torch.Tensor]:
+        h_v = self.model.image_encoder(batch)
+        out = {"h_v": h_v}
+        if self.text_space in spaces:
+            with torch.autocast(self.device.type, enabled=False):  # the classifier's inputs in float32
+                out[self.text_space] = self.model.image_proj(h_v.float())
+        return out
+
+    def score_texts(self, texts: Sequence[str], images: torch.Tensor) -> torch.Tensor:
+        """(Q, N) pair-classifier logits of every sentence with every image (``images``: their ``pair`` features)."""
+        dim = self.model.text_proj.out_features
+        chunks = self._encode_sentences(texts, lambda ids, mask, types: self.model.text_encoder(ids, mask, types), dim)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            text = self.model.text_proj(torch.cat(chunks).to(self.device))
+            return self.model.score(images.to(self.device), text).float().cpu()
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        raise ConfigError(
+            f"encoder {self.label!r} (Contrastive-Binary) scores (sentence, image) pairs with its binary classifier "
+            "and has no text embedding space: text-image retrieval ranks by that score; zero-shot classification, "
+            "text search and text saliency need a ConVIRT checkpoint"
+        )
 
 
 def random_convirt_like(
@@ -335,17 +445,29 @@ def load_embedder(
     device: str | torch.device | None = None,
     fast: bool = True,
 ) -> Embedder:
-    """Resolve an encoder specification into an :class:`Embedder`.
+    """Resolve an encoder specification into an :class:`Embedder`, by what scores its sentences
+    (:attr:`EncoderSpec.text_tower`).
 
-    A ConVIRT checkpoint (and ``random-like:`` one) gives a :class:`ConvirtEncoder` at the checkpoint's input
-    size; anything else an :class:`ImageEmbedder` at ``image_size``. Random weights are drawn from ``seed``.
+    A ConVIRT checkpoint (and ``random-like:`` one) or an export folder with heads and text tower gives a
+    :class:`ConvirtEncoder` (at the checkpoint's or export's input size); a Contrastive-Binary checkpoint a
+    :class:`PairClassifierEmbedder`; anything else an :class:`ImageEmbedder` at ``image_size``. Random weights are
+    drawn from ``seed``.
     """
     parsed = EncoderSpec.parse(spec)
     label = label or parsed.label
-    if parsed.kind in ("checkpoint", RANDOM_LIKE) and parsed.checkpoint().objective == "convirt":
-        if parsed.kind == RANDOM_LIKE:
-            return random_convirt_like(parsed.checkpoint(), seed, device, fast, label, parsed.text)
-        return ConvirtEncoder.from_checkpoint(parsed.checkpoint(), device, fast, label, parsed.text)
-    # random:NAME and another objective's random-like: are drawn from the seed, so a rerun ranks the same way
-    encoder = parsed.image_encoder(seed)
-    return ImageEmbedder(encoder, label, parsed.text, image_size=image_size, device=device, fast=fast)
+    tower = parsed.text_tower
+    embedder: Embedder
+    if tower == "convirt" and parsed.kind == RANDOM_LIKE:
+        embedder = random_convirt_like(parsed.checkpoint(), seed, device, fast, label, parsed.text)
+    elif tower == "convirt" and parsed.kind == "export":
+        embedder = ConvirtEncoder.from_export(parsed, device, fast, label)
+    elif tower == "convirt":
+        embedder = ConvirtEncoder.from_checkpoint(parsed.checkpoint(), device, fast, label, parsed.text)
+    elif tower == "pair_classifier":
+        embedder = PairClassifierEmbedder.from_checkpoint(parsed.checkpoint(), device, fast, label, parsed.text)
+    else:
+        # random:NAME and another objective's random-like: are drawn from the seed, so a rerun ranks the same way
+        encoder = parsed.image_encoder(seed)
+        embedder = ImageEmbedder(encoder, label, parsed.text, image_size=image_size, device=device, fast=fast)
+    embedder.init, embedder.fine_tuned = parsed.init, parsed.fine_tuned
+    return embedder

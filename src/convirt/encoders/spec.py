@@ -8,14 +8,17 @@
                                 the paper's "random init" baseline, with a text tower for a ConVIRT checkpoint
 ``random:NAME``, ``none:NAME``  a torchvision image encoder with random weights (seeded)
 ``imagenet:NAME``               torchvision's ImageNet weights (needs a network once)
-``FOLDER``                      an export folder written by ``convirt export`` (``image_encoder.json`` + weights)
+``FOLDER``                      an export folder written by ``convirt export`` (``image_encoder.json`` + weights;
+                                with ``heads.pt`` and ``text_encoder/`` also ``v`` and text ``u``) or by
+                                ``convirt evaluate classify --save-encoder`` (a fine-tuned image encoder)
 ``NAME=PATH``, ``PATH``         a torchvision-compatible state dict (``PATH`` alone: resnet50); ``NAME=FOLDER``
                                 overrides an export folder's architecture
 =============================== =====================================================================================
 
-An :class:`EncoderSpec` knows its kind, file, architecture, default display label and the kind of initialisation
-the classification tables group by (:attr:`EncoderSpec.init`), and reads its checkpoint at most once
-(:meth:`EncoderSpec.checkpoint`), however many of those are asked.
+An :class:`EncoderSpec` knows its kind, file, architecture, default display label, the kind of initialisation
+the classification tables group by (:attr:`EncoderSpec.init`), whether it was fine-tuned
+(:attr:`EncoderSpec.fine_tuned`), what scores sentences against its images (:attr:`EncoderSpec.text_tower`), and
+reads its checkpoint at most once (:meth:`EncoderSpec.checkpoint`), however many of those are asked.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ from typing import Any
 
 import torch
 
-from convirt.encoders.checkpoint import Checkpoint, load_checkpoint, load_image_encoder_from_checkpoint
+from convirt.encoders.checkpoint import (
+    PAIR_CLASSIFIER_OBJECTIVE,
+    Checkpoint,
+    load_checkpoint,
+    load_image_encoder_from_checkpoint,
+)
 from convirt.errors import ConfigError, ModelLoadError
 from convirt.models.image import ImageEncoder, create_image_encoder
 
@@ -37,7 +45,10 @@ RANDOM_LIKE = "random-like"
 NAMED_KINDS = ("random", "imagenet", "none")  # KIND:NAME
 KINDS = ("checkpoint", RANDOM_LIKE, *NAMED_KINDS, "export", "state-dict")
 DEFAULT_STATE_DICT_ARCHITECTURE = "resnet50"
+# The export folder layout (written by convirt.encoders.export): image encoder metadata, ConVIRT heads, text tower.
 EXPORT_META = "image_encoder.json"
+EXPORT_HEADS = "heads.pt"
+EXPORT_TEXT_DIR = "text_encoder"
 
 
 @dataclass(frozen=True)
@@ -74,11 +85,14 @@ class EncoderSpec:
     # -- what the spec says -------------------------------------------------------------------------------------
     @property
     def label(self) -> str:
-        """Default display name: ``ConVIRT``, ``random init``, ``ImageNet (resnet50)``, or the file's name."""
+        """Default display name: ``ConVIRT`` (or a baseline checkpoint's objective), ``random init``,
+        ``ImageNet (resnet50)``, or the file's name."""
         if self.kind == RANDOM_LIKE:
             return "random init"
         if self.kind in ("random", "imagenet"):
             return f"{'random init' if self.kind == 'random' else 'ImageNet'} ({self.name})"
+        if self.kind == "checkpoint":
+            return "ConVIRT" if self.init == "convirt" else self.init
         return "ConVIRT" if self.text.endswith(".ckpt") else Path(self.text).name
 
     @property
@@ -94,6 +108,29 @@ class EncoderSpec:
         if self.kind == "export" and (self.path / EXPORT_META).is_file():
             return str(self.export_meta().get("objective", "convirt"))
         return "custom"
+
+    @property
+    def fine_tuned(self) -> dict[str, Any] | None:
+        """What an export folder of a fine-tuned encoder records about the fine-tuning (``dataset``, ``paper_key``,
+        ...; written by ``convirt evaluate classify --save-encoder``), None for anything else."""
+        if self.kind == "export" and (self.path / EXPORT_META).is_file():
+            value = self.export_meta().get("fine_tuned")
+            return value if isinstance(value, dict) else None
+        return None
+
+    @property
+    def text_tower(self) -> str | None:
+        """What scores sentences against this encoder's images: ``convirt`` (text embeddings ``u`` against ``v``: a
+        ConVIRT checkpoint, its ``random-like:`` and an export folder with heads and text tower), ``pair_classifier``
+        (a Contrastive-Binary checkpoint's binary classifier), or None (an image encoder alone)."""
+        if self.kind in ("checkpoint", RANDOM_LIKE):
+            objective = self.checkpoint().objective
+            if objective == "convirt":
+                return "convirt"
+            return "pair_classifier" if objective == PAIR_CLASSIFIER_OBJECTIVE and self.kind == "checkpoint" else None
+        if self.kind == "export" and (self.path / EXPORT_HEADS).is_file() and (self.path / EXPORT_TEXT_DIR).is_dir():
+            return "convirt"
+        return None
 
     @property
     def seeded(self) -> bool:
@@ -148,7 +185,7 @@ class EncoderSpec:
             return self.name or str(self.export_meta()["architecture"])
         return self.name or DEFAULT_STATE_DICT_ARCHITECTURE
 
-    def _export_weights(self) -> Path:
+    def export_weights(self) -> Path:
         meta = self.export_meta()
         weights = str(meta.get("weights", ""))
         if not weights or Path(weights).name != weights or weights in (".", ".."):
@@ -177,7 +214,7 @@ class EncoderSpec:
             if self.kind == "checkpoint":
                 return load_image_encoder_from_checkpoint(self.checkpoint())
             if self.kind == "export":
-                return create_image_encoder(self.architecture, self._export_weights())
+                return create_image_encoder(self.architecture, self.export_weights())
             if not self.path.is_file():
                 raise ConfigError(
                     f"image encoder {self.text!r} is neither random:NAME, imagenet:NAME, a .ckpt, an export folder "

@@ -15,8 +15,9 @@ everything that is not the objective's loss:
   every process takes the same decision; the run stops with :class:`~convirt.errors.TrainingError` at the first
   one, or skips up to ``train.max_nonfinite_steps`` such steps (the update and any buffer change undone); a
   non-finite validation loss always stops, and no checkpoint is written of weights that are not finite;
-- the checkpoint entries a resumed run needs to continue identically (``convirt_state``: plateau, RNG states,
-  evaluations, skipped images) and the objective's ``convirt`` payload (config + what rebuilds the model offline).
+- the checkpoint entries a resumed run needs to continue identically (``convirt_state``: plateau, the RNG states
+  of every process, evaluations, skipped images of every process) and the objective's ``convirt`` payload (config
+  + what rebuilds the model offline).
 
 An objective (:mod:`convirt.objectives`) subclasses it and implements :meth:`~ObjectiveModule.batch_loss`; the
 engine's :func:`~convirt.engine.train.pretrain` takes a builder returning :class:`ObjectiveParts`.
@@ -60,6 +61,16 @@ def capture_rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def all_processes(value: Any) -> list[Any]:
+    """``value`` of every process in global-rank order (``[value]`` without a process group); a collective: every
+    process must call it at the same point."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values
+    return [value]
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -262,12 +273,14 @@ class ObjectiveModule(L.LightningModule):
     # -- checkpoint state ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite_state()
+        # Lightning calls this on every process (only process 0 writes the file): the RNG states and the skipped
+        # images of all processes are gathered, so each process continues from its own state on resume.
         checkpoint["convirt"] = self.payload
         checkpoint["convirt_state"] = {
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
-            "rng": capture_rng_state(),
+            "rng_per_rank": all_processes(capture_rng_state()),
             "evaluations": self.evaluations,
-            "skipped_images": list(self.skipped_images),
+            "skipped_images": self.all_skipped_images(),
             "nonfinite_steps": self.nonfinite_steps,
         }
 
@@ -282,16 +295,53 @@ class ObjectiveModule(L.LightningModule):
         what = f"{bad[0]} (and {len(bad) - 1} other weight tensor(s))"
         raise self._nonfinite(what, "not finite", f"step {self.global_step}", "; the checkpoint was not written")
 
+    def all_skipped_images(self) -> list[str]:
+        """The unreadable images skipped by every process so far, sorted (a collective, like saving)."""
+        return sorted(path for paths in all_processes(self.skipped_images) for path in paths)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("convirt_state", {})
         self._pending_plateau = state.get("plateau")
-        self._pending_rng = state.get("rng")
+        self._pending_rng = self._rng_state_of_this_process(state)
         self.evaluations = int(state.get("evaluations", 0))
-        self.skipped_images = list(state.get("skipped_images", []))
+        # Every process's skipped images were gathered into the file: process 0 carries them on, the others
+        # start empty, so the next gathering counts each once.
+        self.skipped_images = list(state.get("skipped_images", [])) if self.global_rank == 0 else []
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         if self.plateau is not None and self._pending_plateau is not None:
             self.plateau.load_state_dict(self._pending_plateau)
             self._pending_plateau = None
+
+    def _rng_state_of_this_process(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved RNG state this process restores: its own (same global rank) when the checkpoint has one.
+
+        A checkpoint written by another number of processes cannot continue identically; process ``r`` restores
+        the state saved by process ``r`` where there was one, the others keep the state the run started with
+        (seeded by ``train.seed``), and process 0 says so. Checkpoints written before per-process states were saved
+        hold process 0's only, which every process restores.
+        """
+        rank = self.global_rank
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        per_rank = state.get("rng_per_rank")
+        if per_rank is None:
+            if state.get("rng") is not None and world_size > 1 and rank == 0:
+                log.warning(
+                    "this checkpoint holds the RNG state of process 0 only (written by an older convirt): every "
+                    "process restores it, so the random draws of processes 1..%d differ from the uninterrupted run",
+                    world_size - 1,
+                )
+            return state.get("rng")
+        if len(per_rank) != world_size and rank == 0:
+            log.warning(
+                "resuming a checkpoint written by %d process(es) on %d: the continuation differs from an "
+                "uninterrupted run. Each process restores the RNG state of the saved process with its rank (ranks "
+                "without one keep the state seeded by train.seed), and each process's share of the training stream "
+                "restarts at global_step x data.batch_size of the new %d-way split, so pairs are skipped or repeated",
+                len(per_rank),
+                world_size,
+                world_size,
+            )
+        return per_rank[rank] if rank < len(per_rank) else None
 
 
 @dataclass

@@ -256,7 +256,8 @@ def build_trainer(
     loss_name: str = "loss",
 ) -> L.Trainer:
     """``monitor`` = (metric, min|max) that picks best.ckpt: val/loss for ConVIRT, val/cider for the captioners;
-    ``loss_name`` labels the loss curve's axis."""
+    ``loss_name`` labels the loss curve's axis. ``train.sync_batchnorm`` converts BatchNorm layers to SyncBatchNorm
+    on GPUs (BatchNorm statistics over the global batch); with one process it changes nothing."""
     t = config.train
     accelerator = resolve_accelerator(config)
     checkpoint_dir = output_dir / "checkpoints"
@@ -281,11 +282,12 @@ def build_trainer(
     loggers: list = [CSVLogger(save_dir=str(output_dir), name="logs")]
     if t.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", default_hp_metric=False))
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=_strategy(config, accelerator),
+        sync_batchnorm=t.sync_batchnorm and accelerator == "gpu",
         precision=resolve_precision(config, accelerator),  # type: ignore[arg-type]
         max_steps=config.max_steps,
         max_epochs=-1,
@@ -302,6 +304,12 @@ def build_trainer(
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
+    if t.sync_batchnorm and accelerator != "gpu" and trainer.world_size > 1:
+        raise ConfigError(
+            f"train.sync_batchnorm=true with {trainer.world_size} CPU processes: torch's SyncBatchNorm runs on CUDA "
+            "GPUs only; set train.sync_batchnorm=false (each process then normalises over its own batch)"
+        )
+    return trainer
 
 
 def last_checkpoint(trainer: L.Trainer) -> ResumeCheckpoint:
@@ -395,8 +403,8 @@ def pretrain(config: Config, objective: ObjectiveBuilder, extra_callbacks: list 
         seconds=round(seconds, 2),
         resumed_from=resume_from,
     )
+    skipped = module.all_skipped_images()  # a collective: every process's skipped images
     if trainer.is_global_zero:
-        skipped = list(module.skipped_images)
         summary = result.to_dict() | {
             "objective": config.objective,
             "best_checkpoint_metric": {"name": monitor[0], "mode": monitor[1], "value": best_score},

@@ -6,8 +6,11 @@ positive for each of 8 categories; ``image_query.csv``: 80 expert-selected query
 download (read by :mod:`convirt.data.chexpert8x200`). Every query ranks all 1600 candidates by cosine
 similarity; a retrieved image is correct when its category is the query's. Image-image retrieval embeds queries
 and candidates with the image encoder, in ``h_v`` (encoder output) or ``v`` (after the projection head; the paper
-does not say which, so both are reported by default); text-image retrieval embeds text queries with the text
-encoder and head (``u``) and candidates in ``v``.
+does not say which, so both are reported by default); text-image retrieval ranks the candidates of each sentence
+by the encoder's :meth:`~convirt.encoders.embedders.Embedder.score_texts`: the cosine similarity of the sentence's
+``u`` and the image's ``v`` for ConVIRT, the binary pair classifier's logit for the Contrastive-Binary baseline.
+The Markdown report lays the results out as the paper's Table 2 (:func:`table2_row` says which row an encoder
+fills) and names the rows no given encoder fills, with how to produce them.
 
 **Generic protocol.** The same metrics on any labelled image set with text queries per class from a prompt file
 (:func:`convirt.encoders.prompts.read_prompts`). Image queries are either every image against all the others
@@ -107,12 +110,14 @@ class RetrievalResult:
     mean_over_queries: dict[int, float]
     n_queries: dict[str, int]
     per_query: list[list[float]] = field(default_factory=list, repr=False)
+    method: str | None = None  # the row of the paper's Table 2 the encoder fills (table2_row), if any
 
     def to_dict(self) -> dict:
         return {
             "encoder": self.encoder,
             "task": self.task,
             "space": self.space,
+            "table2_row": self.method,
             "ks": list(self.ks),
             "precision_at_k_percent": {
                 "mean": {str(k): v for k, v in self.mean.items()},
@@ -131,6 +136,7 @@ def summarize(
     encoder: str = "",
     task: str = "",
     space: str = "",
+    method: str | None = None,
 ) -> RetrievalResult:
     """Per-category and mean Precision@k in percent from per-query fractions (Q, len(ks))."""
     labels = list(query_labels)
@@ -144,7 +150,7 @@ def summarize(
     mean = {k: sum(d[k] for d in per_category.values()) / len(per_category) for k in ks}
     over_queries = {k: 100.0 * float(per_query[:, j].mean()) for j, k in enumerate(ks)}
     return RetrievalResult(
-        encoder, task, space, tuple(ks), per_category, mean, over_queries, counts, per_query.tolist()
+        encoder, task, space, tuple(ks), per_category, mean, over_queries, counts, per_query.tolist(), method
     )
 
 
@@ -221,7 +227,30 @@ class RetrievalReport:
 
 
 def _image_spaces(embedder: Embedder, spaces: Sequence[str]) -> list[str]:
-    return [s for s in spaces if s in embedder.spaces]
+    wanted = [s for s in spaces if s in embedder.spaces]
+    if not wanted:
+        raise ConfigError(f"encoder {embedder.label!r} has none of the spaces {list(spaces)}")
+    return wanted
+
+
+def _text_space(embedder: Embedder, lists: RetrievalLists) -> str | None:
+    """The image representation the encoder scores the text queries against (None: no text-image retrieval)."""
+    return embedder.text_space if lists.text_queries else None
+
+
+def table2_row(embedder: Embedder) -> str | None:
+    """The row of the paper's Table 2 (a key of ``paper_numbers.RETRIEVAL_ROWS``) this encoder fills, if any.
+
+    ImageNet weights, a checkpoint of ConVIRT or of a baseline the table lists, and a ConVIRT encoder fine-tuned
+    on CheXpert ("ConVIRT + CheXpert Supervised"); the "Random" row is a random ranking (the class prior), which
+    randomly initialised encoders are not.
+    """
+    from convirt.evaluation.paper_numbers import RETRIEVAL_ROWS
+
+    if embedder.fine_tuned is not None:
+        on_chexpert = embedder.fine_tuned.get("paper_key") == "chexpert"
+        return "convirt_chexpert_supervised" if embedder.init == "convirt" and on_chexpert else None
+    return embedder.init if embedder.init in RETRIEVAL_ROWS and embedder.init != "random" else None
 
 
 def evaluate_lists(
@@ -242,25 +271,21 @@ def evaluate_lists(
     image_paths = image_paths or {p: p for p in lists.image_paths()}
     results: list[RetrievalResult] = []
     for embedder in embedders:
-        wanted = _image_spaces(embedder, spaces)
-        if not wanted:
-            raise ConfigError(f"encoder {embedder.label!r} has none of the spaces {list(spaces)}")
-        needed = [*wanted, "v"] if embedder.has_text and lists.text_queries and "v" not in wanted else wanted
-        queries = embedder.embed_images([image_paths[p] for p in lists.image_query_paths], needed, batch_size)
+        wanted, text_space, row = _image_spaces(embedder, spaces), _text_space(embedder, lists), table2_row(embedder)
+        needed = [*wanted, text_space] if text_space and text_space not in wanted else wanted
+        queries = embedder.embed_images([image_paths[p] for p in lists.image_query_paths], wanted, batch_size)
         candidates = embedder.embed_images([image_paths[p] for p in lists.candidate_paths], needed, batch_size)
         for space in wanted:
             per_query = retrieval_precision(
                 queries[space], lists.image_query_labels, candidates[space], lists.candidate_labels, ks
             )
             results.append(
-                summarize(per_query, lists.image_query_labels, lists.categories, ks, embedder.label, TASKS[0], space)
+                summarize(
+                    per_query, lists.image_query_labels, lists.categories, ks, embedder.label, TASKS[0], space, row
+                )
             )
-        if embedder.has_text and lists.text_queries:
-            texts = embedder.embed_texts(lists.text_queries)
-            per_query = retrieval_precision(texts, lists.text_query_labels, candidates["v"], lists.candidate_labels, ks)
-            results.append(
-                summarize(per_query, lists.text_query_labels, lists.categories, ks, embedder.label, TASKS[1], "v")
-            )
+        if text_space:
+            results.append(_text_image(embedder, lists, candidates[text_space], lists.candidate_labels, ks, row))
     prior = {
         TASKS[0]: class_prior_result(lists.image_query_labels, lists.candidate_labels, lists.categories, ks),
     }
@@ -276,6 +301,22 @@ def evaluate_lists(
     }
     report = RetrievalReport(protocol, ks, tuple(lists.categories), results, prior, data)
     return _note_dropped(report, dropped, len(lists.candidate_paths))
+
+
+def _text_image(
+    embedder: Embedder,
+    lists: RetrievalLists,
+    candidates: torch.Tensor,
+    candidate_labels: Sequence[str],
+    ks: Sequence[int],
+    row: str | None,
+) -> RetrievalResult:
+    """Text-image retrieval: the text queries rank the candidates (their ``text_space`` embeddings) by the
+    encoder's own score."""
+    scores = embedder.score_texts(lists.text_queries, candidates)
+    per_query = precision_at_k(scores, relevance(lists.text_query_labels, candidate_labels), ks)
+    space = embedder.text_space or ""
+    return summarize(per_query, lists.text_query_labels, lists.categories, ks, embedder.label, TASKS[1], space, row)
 
 
 def evaluate_official(
@@ -373,20 +414,14 @@ def evaluate_labelled(
     self_mask = torch.eye(len(paths), dtype=torch.bool)
     results = []
     for embedder in embedders:
-        wanted = _image_spaces(embedder, spaces)
-        if not wanted:
-            raise ConfigError(f"encoder {embedder.label!r} has none of the spaces {list(spaces)}")
-        needed = [*wanted, "v"] if embedder.has_text and lists.text_queries and "v" not in wanted else wanted
+        wanted, text_space, row = _image_spaces(embedder, spaces), _text_space(embedder, lists), table2_row(embedder)
+        needed = [*wanted, text_space] if text_space and text_space not in wanted else wanted
         images = embedder.embed_images(list(paths), needed, batch_size)
         for space in wanted:
             per_query = retrieval_precision(images[space], labels, images[space], labels, ks, exclude=self_mask)
-            results.append(summarize(per_query, labels, lists.categories, ks, embedder.label, TASKS[0], space))
-        if embedder.has_text and lists.text_queries:
-            texts = embedder.embed_texts(lists.text_queries)
-            per_query = retrieval_precision(texts, lists.text_query_labels, images["v"], labels, ks)
-            results.append(
-                summarize(per_query, lists.text_query_labels, lists.categories, ks, embedder.label, TASKS[1], "v")
-            )
+            results.append(summarize(per_query, labels, lists.categories, ks, embedder.label, TASKS[0], space, row))
+        if text_space:
+            results.append(_text_image(embedder, lists, images[text_space], labels, ks, row))
     prior = {TASKS[0]: class_prior_result(labels, labels, lists.categories, ks, exclude=self_mask)}
     if lists.text_queries:
         prior[TASKS[1]] = class_prior_result(lists.text_query_labels, labels, lists.categories, ks, task=TASKS[1])
@@ -443,11 +478,62 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def report_markdown(report: RetrievalReport, title: str = "Zero-shot retrieval", command: str = "") -> str:
-    """Markdown: the paper's Table 2 layout (paper's numbers beside ours for the official protocol), then the
-    per-category tables."""
-    from convirt.evaluation.paper_numbers import RETRIEVAL, RETRIEVAL_RANDOM
+# How to produce each row of Table 2 that no given encoder fills (the Random row is always ours: the class prior).
+TABLE2_HOW = {
+    "imagenet": "pass `--encoder imagenet:resnet50` (torchvision's ImageNet weights, the paper's IMAGENET1K_V1)",
+    "caption_transformer": "pretrain with `configs/baselines/caption_transformer.yaml` and pass its checkpoint",
+    "caption_lstm": "pretrain with `configs/baselines/caption_lstm.yaml` and pass its checkpoint",
+    "contrastive_binary": "pretrain with `configs/baselines/contrastive_binary.yaml` and pass its checkpoint",
+    "convirt": "pass a ConVIRT pretraining checkpoint (`configs/paper.yaml`)",
+    "convirt_chexpert_supervised": "fine-tune a ConVIRT checkpoint on CheXpert with `convirt evaluate classify "
+    "--dataset chexpert:ROOT --encoder best.ckpt --protocol finetune --fractions 1 --seeds 1 --save-encoder DIR` "
+    "(the 1680 retrieval images are left out of its training data) and pass the folder it writes",
+}
 
+
+def table2(report: RetrievalReport) -> list[dict]:
+    """The paper's Table 2, row by row: the paper's numbers, the encoders whose results fill the row, and why the
+    row (or its text-image half, where the paper has one) has no result of ours."""
+    from convirt.evaluation.paper_numbers import RETRIEVAL, RETRIEVAL_ROWS
+
+    rows = []
+    for method, name in RETRIEVAL_ROWS.items():
+        paper = {task: RETRIEVAL.get((task, method)) for task in TASKS}
+        encoders = list(dict.fromkeys(r.encoder for r in report.results if r.method == method))
+        missing = None
+        if method == "random":
+            encoders = [r.encoder for r in report.prior.values()][:1]
+        elif not encoders:
+            missing = f"no encoder given; {TABLE2_HOW[method]}"
+        elif paper["text_image"] and not any(r.method == method and r.task == "text_image" for r in report.results):
+            missing = (
+                f"text-image: {', '.join(encoders)} scored no text queries (the lists have none, or the encoder has "
+                "no text tower)"
+            )
+        rows.append({"method": method, "name": name, "paper": paper, "encoders": encoders, "missing": missing})
+    return rows
+
+
+def _encoder_rows(results: Sequence[RetrievalResult]) -> list[tuple[str, dict[str, dict[int, float]]]]:
+    """One line per image space of one encoder; its text-image result goes on the line of the space it ranks in
+    (``v``), else on its first line (the pair classifier ranks by its own score)."""
+    image = [r for r in results if r.task == "image_image"]
+    text = next((r for r in results if r.task == "text_image"), None)
+    host = next((r for r in image if text is not None and r.space == text.space), image[0] if image else None)
+    lines = []
+    for result in image:
+        values = {"image_image": result.mean}
+        if text is not None and result is host:
+            values["text_image"] = text.mean
+        lines.append((f"{result.encoder}, image space {result.space}", values))
+    if text is not None and host is None:
+        lines.append((text.encoder, {"text_image": text.mean}))
+    return lines
+
+
+def report_markdown(report: RetrievalReport, title: str = "Zero-shot retrieval", command: str = "") -> str:
+    """Markdown: the paper's Table 2 layout (for the official protocol the paper's rows with ours beneath each,
+    then the rows no given encoder fills and why), then the per-category tables."""
     ks = report.ks
     header = "| Method | " + " | ".join(f"{TASK_TITLES[t]} P@{k}" for t in TASKS for k in ks) + " |"
     lines = [f"# {title}", ""]
@@ -456,7 +542,8 @@ def report_markdown(report: RetrievalReport, title: str = "Zero-shot retrieval",
     lines += [
         f"Protocol: {report.protocol}; categories: {', '.join(report.categories)}. "
         "Precision@k in percent (ties counted by expectation); image-image rows name the image space "
-        "(h_v = encoder output, v = projected); text-image always ranks in the shared space (u against v)."
+        "(h_v = encoder output, v = projected); text-image ranks the images of a sentence by the encoder's score: "
+        "u against v (cosine) for ConVIRT, the pair classifier's logit for Contrastive-Binary."
         + dropped_cutoffs_note(report),
         "",
         header,
@@ -467,29 +554,28 @@ def report_markdown(report: RetrievalReport, title: str = "Zero-shot retrieval",
         cells = [_fmt((values.get(t) or {}).get(k)) for t in TASKS for k in ks]
         return f"| {name} | " + " | ".join(cells) + " |"
 
+    def encoder_lines(encoders: Sequence[str], suffix: str) -> list[str]:
+        return [
+            row(f"{name} ({suffix})", values)
+            for encoder in encoders
+            for name, values in _encoder_rows([r for r in report.results if r.encoder == encoder])
+        ]
+
+    prior = row("Random ranking (class prior, ours)", {t: r.mean for t, r in report.prior.items()})
+    missing: list[str] = []
     if report.protocol == "chexpert-8x200":
-        paper_names = {
-            "imagenet": "ImageNet (paper)",
-            "convirt": "ConVIRT (paper)",
-            "convirt_finetuned_upper_bound": "ConVIRT fine-tuned on CheXpert, upper bound (paper)",
-        }
-        lines.append(row("Random (paper)", {t: dict.fromkeys(ks, RETRIEVAL_RANDOM) for t in TASKS}))
-        for method, name in paper_names.items():
-            lines.append(row(name, {t: RETRIEVAL.get((t, method)) for t in TASKS}))
-    lines.append(row("Random ranking (class prior, ours)", {t: r.mean for t, r in report.prior.items()}))
-    for result in report.results:
-        if result.task == "text_image":
-            continue
-        values: dict[str, dict[int, float] | None] = {"image_image": result.mean}
-        text = [r for r in report.results if r.encoder == result.encoder and r.task == "text_image"]
-        if text and result.space == "v":
-            values["text_image"] = text[0].mean
-        lines.append(row(f"{result.encoder}, image space {result.space} (ours)", values))
-    for result in report.results:
-        if result.task == "text_image" and not any(
-            r.encoder == result.encoder and r.task == "image_image" and r.space == "v" for r in report.results
-        ):
-            lines.append(row(f"{result.encoder} (ours)", {"text_image": result.mean}))
+        for entry in table2(report):
+            lines.append(row(f"{entry['name']} (paper)", entry["paper"]))
+            lines += [prior] if entry["method"] == "random" else encoder_lines(entry["encoders"], "ours")
+            if entry["missing"]:
+                missing.append(f"- **{entry['name']}**: {entry['missing']}.")
+        others = [r.encoder for r in report.results if r.method is None]
+        lines += encoder_lines(list(dict.fromkeys(others)), "ours, not a row of Table 2")
+        lines += ["", "Rows of Table 2 without our result:" if missing else "Every row of Table 2 has our result."]
+        lines += missing
+    else:
+        lines.append(prior)
+        lines += encoder_lines(list(dict.fromkeys(r.encoder for r in report.results)), "ours")
     lines.append("")
     for result in report.results:
         lines += [
@@ -522,5 +608,6 @@ def write_report(
     with atomic_open(files["csv"]) as handle:
         report_frame(report).to_csv(handle, index=False)
     atomic_write_text(files["markdown"], report_markdown(report, title, command))
-    atomic_write_json(files["metrics"], {"command": command, **report.to_dict()})
+    table = {"table2": table2(report)} if report.protocol == "chexpert-8x200" else {}
+    atomic_write_json(files["metrics"], {"command": command, **report.to_dict(), **table})
     return files

@@ -20,6 +20,13 @@ treated uncertain labels; ``uncertain`` picks the policy:
 Splits follow the paper: the official ``valid.csv`` (234 images, expert labels without uncertainty) is the test
 set; ``val_size`` (5000) training images, whole patients at a time, are the validation set; all views are kept
 (``frontal_only`` drops laterals).
+
+``exclude_retrieval``: the CheXpert 8x200 retrieval lists (:mod:`convirt.data.chexpert8x200`) draw their 80 query
+and 1600 candidate images from CheXpert *train*. An encoder fine-tuned on CheXpert and then evaluated on those lists
+(the paper's "ConVIRT + CheXpert Supervised" row) must not have trained on them, so this option removes every listed
+image from ``train.csv`` before the validation images are drawn (matched on the path below the dataset folder, so a
+full-size ``CheXpert-v1.0`` download matches the ``-small`` lists); the task's notes say how many were removed.
+Other images of the same studies and patients stay. ``convirt evaluate classify --save-encoder`` sets it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from convirt.data.chexpert8x200 import read_official_lists
 from convirt.data.labelled import LabelledManifest, LabelledTask, manifest_from_frame
 from convirt.data.manifest import read_table
 from convirt.data.sources.common import check_images_exist, draw_validation, require_file, require_table_columns
@@ -45,6 +53,7 @@ LABELS = {
 }
 UNCERTAIN_POLICIES = ("mixed", "zeros", "ones", "ignore")
 MIXED_ONES = ("Atelectasis", "Edema")
+LISTED_PATH = "_path"
 
 
 def find_root(path: Path) -> Path:
@@ -102,11 +111,28 @@ def _table(csv_file: Path, root: Path, policy: str, split: str, frontal_only: bo
             "patient_id": parts[0].to_numpy(),
             "study_id": (parts[0] + "/" + parts[1]).to_numpy(),
             "split": split,
+            LISTED_PATH: table["Path"].to_numpy(),  # as train.csv names it, for the retrieval-image exclusion
         }
     )
     for label, column in LABELS.items():
         frame[column] = apply_uncertain_policy(table[label], label, policy).to_numpy()
     return frame
+
+
+def _below_dataset_folder(path: str) -> str:
+    """``CheXpert-v1.0-small/train/patient1/study1/view1.jpg`` -> ``train/patient1/study1/view1.jpg``."""
+    parts = Path(path).parts
+    return Path(*parts[1:]).as_posix() if parts and parts[0].lower().startswith("chexpert") else Path(path).as_posix()
+
+
+def without_retrieval_images(
+    train: pd.DataFrame, lists: str | os.PathLike | None = None
+) -> tuple[pd.DataFrame, int, int]:
+    """``train`` (rows of ``train.csv``) without the images the CheXpert 8x200 lists name (query and candidate
+    images, default: the official lists); returns (kept rows, rows removed, images listed)."""
+    listed = {_below_dataset_folder(p) for p in read_official_lists(lists, strict=lists is None).image_paths()}
+    removed = train[LISTED_PATH].map(_below_dataset_folder).isin(listed)
+    return train[~removed], int(removed.sum()), len(listed)
 
 
 def build(
@@ -116,6 +142,8 @@ def build(
     seed: int = 0,
     frontal_only: bool = False,
     check_files: bool = True,
+    exclude_retrieval: bool = False,
+    retrieval_lists: str | os.PathLike | None = None,
 ) -> LabelledManifest:
     if uncertain not in UNCERTAIN_POLICIES:
         raise ConfigError(f"unknown CheXpert uncertain-label policy {uncertain!r}; use one of {UNCERTAIN_POLICIES}")
@@ -124,7 +152,14 @@ def build(
     valid_csv = require_file(root / "valid.csv", "CheXpert valid", LAYOUT)
     train = _table(train_csv, root, uncertain, "train", frontal_only)
     test = _table(valid_csv, root, uncertain, "test", frontal_only)
-    frame = pd.concat([draw_validation(train, val_size, seed), test], ignore_index=True)
+    notes = f"uncertain-label policy: {uncertain}; official valid.csv as test"
+    if exclude_retrieval:
+        train, removed, listed = without_retrieval_images(train, retrieval_lists)
+        notes += (
+            f"; {removed} of the {listed} CheXpert 8x200 retrieval images (queries + candidates) removed from "
+            "train.csv before the validation draw"
+        )
+    frame = pd.concat([draw_validation(train, val_size, seed), test], ignore_index=True).drop(columns=LISTED_PATH)
     if check_files:
         check_images_exist(frame["image"], f"CheXpert {root}")
     columns = list(LABELS.values())
@@ -135,6 +170,6 @@ def build(
         label_columns=columns,
         metric="mean_auc",
         paper_key="chexpert",
-        notes=f"uncertain-label policy: {uncertain}; official valid.csv as test",
+        notes=notes,
     )
     return manifest_from_frame(frame, task, root, source=f"CheXpert {root}", path=train_csv)

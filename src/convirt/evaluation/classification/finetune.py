@@ -5,7 +5,8 @@ trains, for ``Recipe.warmup_steps`` steps at ``Recipe.warmup_lr`` (batches drawn
 across epoch boundaries if the training set is small). Then the encoder is unfrozen and a fresh Adam optimiser at
 the task's lr trains encoder + head with the shared epoch loop (validation each epoch, plateau halving, early
 stop, best checkpoint). With ``fast`` the forward passes run under bf16 autocast with channels_last (weights
-and optimiser state stay float32). The caller's encoder is not modified (each run trains a deep copy).
+and optimiser state stay float32). The caller's encoder is not modified (each run trains a deep copy); the
+fine-tuned copy, at its best-validation weights, is returned in ``RunOutcome.encoder`` (on the CPU).
 """
 
 from __future__ import annotations
@@ -117,4 +118,6 @@ def finetune(
             task, model, forward, batches_for, train_y, validate, optimizer, recipe, model.train, autocast, log=log
         )
         test_batches = evaluation_pass(test, recipe.batch_size, image_size, workers)
-        return _finish(task, model, eval_forward, test_batches, test, result, lr, timer)
+        outcome = _finish(task, model, eval_forward, test_batches, test, result, lr, timer)
+    outcome.encoder = encoder.to("cpu", memory_format=torch.contiguous_format).eval()  # best-validation weights
+    return outcome

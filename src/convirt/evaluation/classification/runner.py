@@ -8,6 +8,7 @@ Writes into the output folder: ``runs.csv`` (one row per encoder x fraction x se
 ``summary.md`` (Table 1 layout, mean ± std over seeds, the paper's numbers beside ours for the paper's datasets),
 ``metrics.json`` (settings, dataset, encoders, summary and runs), ``roc/<encoder>-<fraction>.png`` (test ROC
 curves of every seed) and ``manifest.csv`` (+ ``.task.json``: the exact labelled manifest, splits included).
+With ``save_encoders`` (fine-tuning), each run's fine-tuned encoder is written as an export folder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from convirt.data.labelled import LabelledManifest, write_labelled_manifest
 from convirt.encoders.embedders import encoder_fingerprint
+from convirt.encoders.export import export_fine_tuned
 from convirt.encoders.spec import EncoderSpec
 from convirt.errors import ConfigError, ManifestError
 from convirt.evaluation.classification.features import cached_features
@@ -93,6 +95,7 @@ class ClassificationSettings:
     cache_dir: str | None = None  # default: <output>/features
     encoder_seed: int = 0  # random-init encoders
     training: Recipe = field(default_factory=Recipe)
+    save_encoders: str | None = None  # fine-tuning: write each fine-tuned encoder as an export folder in here
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -107,6 +110,8 @@ class ClassificationSettings:
                 raise ConfigError("the number of seeds must be at least 1")
             self.seeds = tuple(range(self.seeds))
         self.seeds = tuple(int(s) for s in self.seeds)
+        if self.save_encoders and self.protocol != "finetune":
+            raise ConfigError("saving encoders keeps fine-tuned encoders: it needs the finetune protocol")
         if self.training.standardize and (self.protocol, self.recipe) != ("linear", "features"):
             raise ConfigError(
                 "feature standardisation is for the linear probe on cached features only", setting="standardize"
@@ -239,6 +244,10 @@ def evaluate_classification(
                                    fast)  # fmt: skip
                 record = _record(task, choice, settings, fraction, seed, train_split, val_split, test_split, outcome)
                 record["subset_id"] = _subset_id(indices)
+                if settings.save_encoders:
+                    record["saved_encoder"] = _save_encoder(task, choice, settings, fraction, seed, record, outcome)
+                    log(f"{choice.name} {fraction_label(fraction)} seed {seed}: saved {record['saved_encoder']}")
+                outcome.encoder = None
                 records.append(record)
                 curves.setdefault((choice.name, fraction), []).append(
                     (seed, _curves(task, test_split, outcome.test_probabilities))
@@ -268,6 +277,27 @@ def _run_one(task, choice, encoder, settings, train, val, test, seed, device, fa
             settings.workers,
         )  # fmt: skip
     return linear_probe_features(task, train, val, test, settings.training, seed)
+
+
+def _save_encoder(task, choice, settings, fraction, seed, record, outcome: RunOutcome) -> str:
+    """Write the fine-tuned encoder of one run as an export folder ``<save_encoders>/<encoder>-<fraction>-seed<N>``
+    (:func:`convirt.encoders.export.export_fine_tuned`); returns the folder."""
+    folder = Path(settings.save_encoders) / f"{slug(choice.name)}-{fraction:g}-seed{seed}"
+    fine_tuned = {
+        "dataset": task.name,
+        "paper_key": task.paper_key,
+        "data_notes": task.notes,
+        "fraction": fraction,
+        "seed": seed,
+        "n_train": record["n_train"],
+        "best_epoch": outcome.best_epoch,
+        "metric": task.metric,
+        "val": outcome.val.value,
+        "test": outcome.test.value,
+        "recipe": settings.training.to_dict(),
+    }
+    export_fine_tuned(outcome.encoder, choice.spec, folder, _clean(fine_tuned), settings.image_size)
+    return str(folder)
 
 
 def _record(task, choice, settings, fraction, seed, train, val, test, outcome: RunOutcome) -> dict:

@@ -133,6 +133,7 @@ class RunOutcome:
     lr: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+    encoder: nn.Module | None = field(default=None, repr=False)  # fine-tuning: the fine-tuned encoder (best weights)
 
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
