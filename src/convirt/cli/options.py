@@ -25,6 +25,7 @@ OPTION_HINTS = {
     "standardize": "--standardize",
     "steps": "--steps N",
     "backend": "--backend torch",
+    "labels": "--labels DATASET",
 }
 
 

@@ -3,6 +3,7 @@
 ::
 
     convirt index IMAGE_DIR --checkpoint best.ckpt -o images.index.pt
+    convirt index IMAGE_DIR --checkpoint best.ckpt --labels labels.csv --split test -o test.index.pt
     convirt search images.index.pt "Pleural effusion is present." -k 10 --contact-sheet hits.png
     convirt search images.index.pt --image query.png -k 10
 """
@@ -35,6 +36,15 @@ def _register_index(subparsers) -> None:
     parser.add_argument("--restart", action="store_true", help="ignore partial work and a previous index")
     parser.add_argument("--seed", type=int, default=0, help="for random-like: encoders")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--labels",
+        metavar="DATASET",
+        help="a labelled dataset (labelled manifest, imagefolder:, csv:, ...) whose images get their labels in the "
+        "index (convirt serve shows them and Precision@k)",
+    )
+    parser.add_argument(
+        "--split", choices=("train", "val", "test"), help="with --labels: index only the images of this split"
+    )
     parser.set_defaults(func=_run_index)
 
 
@@ -43,6 +53,13 @@ def _run_index(args: argparse.Namespace) -> int:
 
     output = args.output or f"{Path(args.image_dir).resolve().name}.index.pt"
     spec = args.checkpoint or args.encoder
+    if args.split and not args.labels:
+        raise ConfigError("--split selects images of a labelled dataset: give it with --labels DATASET")
+    labels = None
+    if args.labels:
+        from convirt.data.sources import image_labels
+
+        labels = image_labels(args.labels, args.split)
     index = build_index(
         args.image_dir,
         spec,
@@ -53,8 +70,13 @@ def _run_index(args: argparse.Namespace) -> int:
         args.restart,
         args.seed,
         progress=not args.no_progress,
+        labels=labels,
+        label_source=f"{args.labels} ({args.split or 'all'} split)" if args.labels else "",
+        only_labelled=bool(args.split),
     )
     print(f"indexed {len(index)} images ({index.space}, {tuple(index.embeddings.shape)}) into {output}")
+    if labels is not None:
+        print(f"labels: {sum(map(bool, index.labels))} of {len(index)} images, {len(index.label_names)} label names")
     if index.failed:
         shown = "; ".join(f"{p}: {r}" for p, r in index.failed[:5])
         print(f"skipped {len(index.failed)} unreadable file(s): {shown}")
