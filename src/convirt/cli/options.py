@@ -69,7 +69,8 @@ def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True) -
         group.add_argument(
             "--prompts",
             metavar="FILE",
-            help="class prompts: CSV (label,text; the official text_query.csv works), YAML, or builtin:kermany",
+            help="class prompts: CSV (label,text; the official text_query.csv works), YAML, builtin:kermany or "
+            "builtin:chexpert",
         )
         group.add_argument(
             "--prompt-map",
