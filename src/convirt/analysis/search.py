@@ -48,6 +48,10 @@ class IndexFileError(ConvirtError):
     """An index file is missing, foreign, or inconsistent with the request."""
 
 
+class EncoderMismatchError(ConvirtError):
+    """The encoder asked for is not the one that built an index."""
+
+
 def find_images(folder: str | os.PathLike) -> list[str]:
     """Image files under ``folder`` (recursive, sorted, relative paths): known extensions, and extension-less
     DICOM files. Hidden files and folders are skipped."""
@@ -400,17 +404,28 @@ def search_index(
     ]
 
 
-def embedder_for_index(index: ImageIndex, override: str | None = None) -> Embedder:
-    """The encoder that built ``index`` (or ``override``), warning when its weights changed since."""
+def embedder_for_index(index: ImageIndex, override: str | None = None, strict: bool = False) -> Embedder:
+    """The encoder that built ``index`` (or ``override``), warning when its weights changed since.
+
+    ``strict``: an encoder whose weights are not those that built the index (the stored one changed on disk, or an
+    ``override`` that is another encoder) raises :class:`EncoderMismatchError` instead: its queries would be
+    compared with the index's embeddings in another space.
+    """
     spec = override or index.encoder_spec
     embedder = load_embedder(spec, seed=index.seed, image_size=index.image_size)
-    if override is None and index.fingerprint and embedder.fingerprint != index.fingerprint:
+    if (override is None or strict) and index.fingerprint and embedder.fingerprint != index.fingerprint:
+        if override is not None:
+            raise EncoderMismatchError(
+                f"{override} is not the encoder that built the index ({index.encoder_spec}): its image embeddings "
+                "differ from the index's, so queries would be compared in another space; use the index's own "
+                "encoder, or rebuild the index with this one",
+            )
+        message = f"the encoder {spec} changed since the index was built; rebuild the index for consistent results"
+        if strict:
+            raise EncoderMismatchError(message, setting="index")
         import warnings
 
-        warnings.warn(
-            f"the encoder {spec} changed since the index was built; rebuild the index for consistent results",
-            stacklevel=2,
-        )
+        warnings.warn(message, stacklevel=2)
     return embedder
 
 
