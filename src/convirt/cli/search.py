@@ -36,6 +36,11 @@ def _register_index(subparsers) -> None:
     parser.add_argument("--restart", action="store_true", help="ignore partial work and a previous index")
     parser.add_argument("--seed", type=int, default=0, help="for random-like: encoders")
     parser.add_argument("--no-progress", action="store_true")
+    add_label_options(parser)
+    parser.set_defaults(func=_run_index)
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         metavar="DATASET",
@@ -45,34 +50,36 @@ def _register_index(subparsers) -> None:
     parser.add_argument(
         "--split", choices=("train", "val", "test"), help="with --labels: index only the images of this split"
     )
-    parser.set_defaults(func=_run_index)
 
 
 def _run_index(args: argparse.Namespace) -> int:
+    output = args.output or f"{Path(args.image_dir).resolve().name}.index.pt"
+    index_folder(args.image_dir, args.checkpoint or args.encoder, output, args.labels, args.split,
+                 space=args.space, batch_size=args.batch_size, chunk_size=args.chunk_size, restart=args.restart,
+                 seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    return 0
+
+
+def index_folder(image_dir: str, spec: str, output: str, labels_spec: str | None, split: str | None, **options):
+    """``build_index`` with the labels of ``labels_spec`` (only its ``split`` when given), reporting what it did
+    (``convirt index`` and ``convirt serve --images``)."""
     from convirt.analysis.search import build_index
 
-    output = args.output or f"{Path(args.image_dir).resolve().name}.index.pt"
-    spec = args.checkpoint or args.encoder
-    if args.split and not args.labels:
+    if split and not labels_spec:
         raise ConfigError("--split selects images of a labelled dataset: give it with --labels DATASET")
     labels = None
-    if args.labels:
+    if labels_spec:
         from convirt.data.sources import image_labels
 
-        labels = image_labels(args.labels, args.split)
+        labels = image_labels(labels_spec, split)
     index = build_index(
-        args.image_dir,
+        image_dir,
         spec,
         output,
-        args.space,
-        args.batch_size,
-        args.chunk_size,
-        args.restart,
-        args.seed,
-        progress=not args.no_progress,
         labels=labels,
-        label_source=f"{args.labels} ({args.split or 'all'} split)" if args.labels else "",
-        only_labelled=bool(args.split),
+        label_source=f"{labels_spec} ({split or 'all'} split)" if labels_spec else "",
+        only_labelled=bool(split),
+        **options,
     )
     print(f"indexed {len(index)} images ({index.space}, {tuple(index.embeddings.shape)}) into {output}")
     if labels is not None:
@@ -80,7 +87,7 @@ def _run_index(args: argparse.Namespace) -> int:
     if index.failed:
         shown = "; ".join(f"{p}: {r}" for p, r in index.failed[:5])
         print(f"skipped {len(index.failed)} unreadable file(s): {shown}")
-    return 0
+    return index
 
 
 def _register_search(subparsers) -> None:
