@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,8 +24,8 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="the app extra is not installed (pip install -e '.[app]')")
 pytest.importorskip("uvicorn", reason="the app extra is not installed (pip install -e '.[app]')")
 
-from convirt.analysis.search import ImageIndex
-from convirt.app.explorer import MAX_UPLOAD_PIXELS, Explorer, ExplorerSettings, ImageRef, RefusedError
+from convirt.analysis.search import ImageIndex, build_index
+from convirt.app.explorer import MAX_UPLOAD_PIXELS, Explorer, ExplorerSettings, ImageRef, RefusedError, RequestError
 from convirt.app.server import background_server, create_app
 from convirt.cli import main
 from convirt.encoders.prompts import read_prompts
@@ -118,6 +119,18 @@ def test_a_taken_port_is_one_line_before_any_model_loads(capsys, collection):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"convirt serve: error: cannot serve on 127.0.0.1:{port}") and "choose another port" in err
     assert len(err.splitlines()) == 1
+
+
+def test_the_listening_socket_is_tcp_so_answers_are_not_held_back_by_nagle():
+    from convirt.app.server import bind
+
+    # asyncio turns Nagle's algorithm off only for sockets whose protocol is IPPROTO_TCP; with protocol 0 each answer
+    # on a kept-alive connection (every request of a page after the first) waited for the client's delayed ACK
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
 
 
 def test_serve_images_builds_the_index_first(monkeypatch, capsys, collection, tmp_path):
@@ -310,12 +323,18 @@ def test_a_decompression_bomb_upload_is_refused_before_decoding(served):
     assert status == 400 and f"{side} x {side} pixels is more than the 40,000,000 an upload may have" in result["error"]
 
 
-def test_the_temporary_folder_is_removed_on_close(collection):
+def test_only_the_last_uploads_are_kept_and_the_temporary_folder_is_removed_on_close(collection, monkeypatch):
+    import convirt.app.explorer
+
+    monkeypatch.setattr(convirt.app.explorer, "KEPT_UPLOADS", 2)
     explorer = Explorer(ExplorerSettings(collection["index_file"]))
-    image = np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)
-    upload = explorer.upload(_png_bytes(Image.fromarray(image)))
-    folder = explorer._uploads[upload][0].parent
-    assert folder.is_dir()
+    rng = np.random.default_rng(1)
+    uploads = [explorer.upload(_png_bytes(Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8))))
+               for _ in range(3)]  # fmt: skip
+    folder = explorer._uploads_dir
+    assert sorted(p.name for p in folder.iterdir()) == uploads[1:]
+    with pytest.raises(RequestError, match=f"upload '{uploads[0]}' is gone"):
+        explorer.similar(ImageRef(upload=uploads[0]), 3)
     explorer.close()
     assert not folder.exists()
 
@@ -392,6 +411,20 @@ def test_a_checkpoint_of_another_encoder_is_a_message_and_image_search_still_wor
         assert status == 503 and "text search needs the index's encoder, which is not available" in body["error"]
         status, result = get_json(url, f"/api/similar?row={row_of(collection['index'], PLANTED)}&k=1")
         assert status == 200 and result["hits"][0]["name"] == DUPLICATE  # stored embeddings need no encoder
+    explorer.close()
+
+
+def test_an_encoder_file_changed_since_the_index_was_built_is_a_message(tiny_bert_dir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (64, 64), 90).save(folder / "a.png")
+    checkpoint = write_tiny_checkpoint(tmp_path / "model.ckpt", tiny_bert_dir)
+    build_index(folder, str(checkpoint), tmp_path / "a.index.pt", progress=False)
+    write_tiny_checkpoint(checkpoint, tiny_bert_dir, seed=1)  # retrained in place
+    explorer = Explorer(ExplorerSettings(tmp_path / "a.index.pt"))
+    assert explorer.encoder_error.startswith(f"the encoder {checkpoint} changed since the index was built")
+    with pytest.raises(RequestError, match="text search needs the index's encoder, which is not available"):
+        explorer.text_search("effusion", 1)
     explorer.close()
 
 

@@ -103,6 +103,7 @@ class Explorer:
         self.root = Path()
         self.version = ""
         self._engine: TorchSearch | None = None
+        self._has_label: dict[str, torch.Tensor] = {}  # label -> which rows have it
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._uploads_dir = Path(tempfile.mkdtemp(prefix="convirt-serve-"))
         self._uploads: OrderedDict[str, tuple[Path, torch.Tensor]] = OrderedDict()
@@ -121,6 +122,9 @@ class Explorer:
         self.version = hashlib.sha1(f"{Path(self.settings.index).resolve()}|{index.built}|{len(index)}".encode())
         self.version = self.version.hexdigest()[:12]
         self._engine = TorchSearch(index.embeddings)
+        self._has_label = {
+            name: torch.tensor([name in row for row in index.labels], dtype=torch.bool) for name in index.label_names
+        }
         try:
             self.embedder = embedder_for_index(index, self.settings.checkpoint, strict=True)
         except ConvirtError as exc:
@@ -214,14 +218,12 @@ class Explorer:
         index = self._index()
         k = check_k(k)
         labels = index.labels
-        if label and label not in index.label_names:
-            known = ", ".join(index.label_names) or "none: the index has no labels"
+        if label and label not in self._has_label:
+            known = ", ".join(self._has_label) or "none: the index has no labels"
             raise RequestError(f"unknown label {label!r}; the index's labels are: {known}")
         if only and not label:
             raise RequestError("choose a label to show only the images that have it")
-        allowed = torch.ones(len(index), dtype=torch.bool)
-        if only:
-            allowed = torch.tensor([label in row for row in labels], dtype=torch.bool)
+        allowed = self._has_label[label].clone() if only else torch.ones(len(index), dtype=torch.bool)
         if exclude is not None:
             allowed[exclude] = False
         assert self._engine is not None
