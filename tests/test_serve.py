@@ -112,6 +112,20 @@ def test_serve_binds_loopback_by_default_and_warns_on_another_address(monkeypatc
     assert bound[-1] == "0.0.0.0" and "warning: serving on 0.0.0.0, not only on this machine" in err
 
 
+def test_threads_sets_the_torch_thread_count(monkeypatch, capsys, collection):
+    import convirt.app.server
+
+    monkeypatch.setattr(convirt.app.server, "serve", lambda app, sock: None)
+    before = torch.get_num_threads()
+    try:
+        assert main(["serve", str(collection["index_file"]), "--port", "0", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["serve", str(collection["index_file"]), "--port", "0", "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
 def test_a_taken_port_is_one_line_before_any_model_loads(capsys, collection):
     with background_server(create_app(Explorer(ExplorerSettings(collection["index_file"])))) as url:
         port = urlsplit(url).port

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import shutil
 import tempfile
 import threading
@@ -107,7 +108,7 @@ class Explorer:
         self._classes: tuple[list[str], torch.Tensor] | None = None
         self._uploads_dir = Path(tempfile.mkdtemp(prefix="convirt-serve-"))
         self._uploads: OrderedDict[str, tuple[Path, torch.Tensor]] = OrderedDict()
-        self._upload_count = 0
+        self._upload_ids = itertools.count(1)
         self._load()
 
     # -- loading ----------------------------------------------------------------------------------------------
@@ -329,22 +330,22 @@ class Explorer:
             raise TooLargeError(f"the upload is {len(data):,} bytes; at most {limit:,} are accepted")
         if not data:
             raise RequestError("the upload is empty: choose an image file")
-        self._upload_count += 1
-        upload_id = f"u{self._upload_count}"
+        upload_id = f"u{next(self._upload_ids)}"
         path = self._uploads_dir / upload_id
         atomic_write_bytes(path, data)
+        space = self._index().space
         try:
             _check_pixels(path)
             load_image(path, mode="L")
             with self.lock:
-                vector = embedder.embed_images([path], [self._index().space])[self._index().space][0]
+                vector = embedder.embed_images([path], [space])[space][0]
+                self._uploads[upload_id] = (path, vector)
+                while len(self._uploads) > KEPT_UPLOADS:
+                    _, (old_path, _) = self._uploads.popitem(last=False)
+                    old_path.unlink(missing_ok=True)
         except ImageLoadError as exc:
             path.unlink(missing_ok=True)
             raise RequestError(f"the uploaded file cannot be used: {exc.reason}") from exc
-        self._uploads[upload_id] = (path, vector)
-        while len(self._uploads) > KEPT_UPLOADS:
-            _, (old_path, _) = self._uploads.popitem(last=False)
-            old_path.unlink(missing_ok=True)
         return upload_id
 
     # -- explanations -----------------------------------------------------------------------------------------

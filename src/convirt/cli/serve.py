@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     parser.add_argument("--saliency-layer", default="finer", help="Grad-CAM block: finer (stride 16, the default), "
                         "last (the last feature map) or a dotted module name such as layer3")  # fmt: skip
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for queries (default: torch's; "
+                        "1 keeps text queries fast on a busy machine, see docs/benchmarks.md)")  # fmt: skip
     parser.set_defaults(func=_run_serve)
 
 
@@ -58,6 +60,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if (args.labels or args.split) and not args.images:
         raise ConfigError("--labels and --split label the images of --images DIR; without it, index with labels "
                           "first: convirt index DIR --checkpoint CKPT --labels DATASET")  # fmt: skip
