@@ -442,6 +442,28 @@ def test_an_encoder_file_changed_since_the_index_was_built_is_a_message(tiny_ber
     explorer.close()
 
 
+def test_an_index_of_an_image_only_encoder_searches_by_image_and_says_why_not_by_text(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for value in (40, 120, 200):
+        Image.new("L", (32, 32), value).save(folder / f"v{value}.png")
+    build_index(folder, "random:resnet18", tmp_path / "plain.index.pt", progress=False)
+    explorer = Explorer(ExplorerSettings(tmp_path / "plain.index.pt"))
+    try:
+        about = explorer.about()
+        assert about["space"] == "h_v" and about["encoder_error"] == ""
+        assert about["features"] == {"text": False, "upload": True, "saliency": False, "zeroshot": False}
+        with pytest.raises(RequestError, match=r"text search needs a ConVIRT checkpoint .* an image-only encoder"):
+            explorer.text_search("effusion", 2)
+        with pytest.raises(RequestError, match="zero-shot classification needs a ConVIRT checkpoint"):
+            explorer.zero_shot(ImageRef(row=0))
+        expected = image_ranking(ImageIndex.load(tmp_path / "plain.index.pt"), 0)  # row 0 is v120.png
+        assert [h["name"] for h in explorer.similar(ImageRef(row=0), 2)["hits"]] == expected
+        assert sorted(expected) == ["v200.png", "v40.png"]
+    finally:
+        explorer.close()
+
+
 def test_an_unexpected_error_is_a_message_and_the_server_stays_up(collection, monkeypatch):
     explorer = Explorer(ExplorerSettings(collection["index_file"]))
     logged = []
