@@ -120,8 +120,8 @@ class Explorer:
             return
         index = self.index
         self.root = Path(index.root).resolve()
-        self.version = hashlib.sha1(f"{Path(self.settings.index).resolve()}|{index.built}|{len(index)}".encode())
-        self.version = self.version.hexdigest()[:12]
+        identity = f"{Path(self.settings.index).resolve()}|{index.built}|{len(index)}"
+        self.version = hashlib.sha1(identity.encode()).hexdigest()[:12]  # in image URLs: a new index, new URLs
         self._engine = TorchSearch(index.embeddings)
         self._has_label = {
             name: torch.tensor([name in row for row in index.labels], dtype=torch.bool) for name in index.label_names
