@@ -40,7 +40,7 @@ def test_demo_command_is_registered():
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir, imagenet_mobilenet_v2):
+def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir, imagenet_mobilenet_v2, capsys):
     from convirt.cli import main
 
     out = tmp_path / "demo"
@@ -62,6 +62,23 @@ def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir, image
         assert (out / figure).is_file() and (out / figure).stat().st_size > 1000, figure
         assert f"]({figure})" in report
     assert not any(p.suffix == ".ckpt" for p in out.iterdir())  # checkpoints stay under work/
+    # the held-out test images, indexed with their labels, and the command that opens the explorer on them
+    import pandas as pd
+
+    from convirt.analysis.search import ImageIndex
+    from convirt.synthetic.dataset import MULTIPLE
+
+    index_file = out / "work" / "test-images.index.pt"
+    index = ImageIndex.load(index_file)
+    frame = pd.read_csv(out / "work" / "synthetic-eval" / "labels.csv")
+    test = frame[frame["split"] == "test"]
+    assert index.paths == sorted(p.removeprefix("images/") for p in test["image"])
+    single = dict(zip((p.removeprefix("images/") for p in test["image"]), test["category"]))
+    for path, labels in zip(index.paths, index.labels):
+        assert labels == [single[path]] or (single[path] == MULTIPLE and len(labels) == 2), (path, labels)
+    assert metrics["explorer"] == {"index": "work/test-images.index.pt", "command": f"convirt serve {index_file}"}
+    last_line = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last_line == f"explore the test images in a browser: convirt serve {index_file}"
 
 
 def test_demo_without_the_offline_weights_package_stops_before_generating(tmp_path, monkeypatch):

@@ -273,7 +273,7 @@ def text_saliency(
                 title = f"{captions[q]}\ncos {float(sim):.2f}"
             else:
                 title = f'{Path(paths[row]).name}\n"{str(query)[:40]}" cos {float(sim):.3f}'
-            items.append(SaliencyItem(originals[row], cam, title))
+            items.append(SaliencyItem(originals[row], cam, title, float(sim)))
     return items
 
 
@@ -327,6 +327,7 @@ class SaliencyItem:
     image: Image.Image  # the radiograph as loaded
     cam: torch.Tensor  # (h, w) in [0, 1]
     title: str
+    score: float = float("nan")  # the explained score: the cosine similarity for a text query
 
 
 def saliency_grid(

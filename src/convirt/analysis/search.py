@@ -4,7 +4,9 @@
 is refused): format version, the image root, the image paths relative to it (sorted), each file's size and
 modification time, the L2-normalised embeddings (N, d) float32, the embedding space (``v`` for ConVIRT checkpoints
 so that text queries work, else ``h_v``), the encoder specification and the fingerprint of its weights
-(:func:`convirt.encoders.embedders.encoder_fingerprint`), the images that could not be read (path and reason).
+(:func:`convirt.encoders.embedders.encoder_fingerprint`), the images that could not be read (path and reason),
+when it was written, and optionally each image's labels (from a labelled dataset: :func:`image_labels
+<convirt.data.sources.image_labels>`; an index without labels stores none).
 Searching with the index's own encoder loads the file its specification names, through the same safe loaders.
 
 **Resumable and incremental.** While indexing, every ``chunk_size`` embedded images are written as one part file
@@ -22,8 +24,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -43,6 +46,10 @@ BACKENDS = ("torch", "faiss")
 
 class IndexFileError(ConvirtError):
     """An index file is missing, foreign, or inconsistent with the request."""
+
+
+class EncoderMismatchError(ConvirtError):
+    """The encoder asked for is not the one that built an index."""
 
 
 def find_images(folder: str | os.PathLike) -> list[str]:
@@ -81,9 +88,17 @@ class ImageIndex:
     image_size: int = 224
     stats: list[tuple[int, int]] = field(default_factory=list)  # (size, mtime_ns) per path
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    labels: list[list[str]] = field(default_factory=list)  # per path (an unlabelled image: []), or [] for none
+    label_source: str = ""  # the labelled dataset the labels come from
+    built: str = ""  # when the index was written (ISO 8601, UTC)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Every label an image of the index has (sorted); empty for an index without labels."""
+        return sorted({label for row in self.labels for label in row})
 
     def absolute(self, relative: str) -> str:
         return str(Path(self.root) / relative)
@@ -102,6 +117,9 @@ class ImageIndex:
             "seed": self.seed,
             "image_size": self.image_size,
             "failed": [list(f) for f in self.failed],
+            "labels": [list(row) for row in self.labels],
+            "label_source": self.label_source,
+            "built": self.built,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -120,21 +138,28 @@ class ImageIndex:
             raise IndexFileError(f"index {file} has format {data.get('format_version')}; rebuild it with this version")
         try:
             index = cls(
-                str(data["root"]),
-                [str(p) for p in data["paths"]],
-                data["embeddings"],
-                str(data["space"]),
-                str(data["encoder_spec"]),
-                str(data["fingerprint"]) if data["format_version"] == INDEX_FORMAT else "",  # 1: not comparable
-                int(data.get("seed", 0)),
-                int(data.get("image_size", 224)),
-                [tuple(s) for s in data.get("stats", [])],
-                [tuple(f) for f in data.get("failed", [])],
+                root=str(data["root"]),
+                paths=[str(p) for p in data["paths"]],
+                embeddings=data["embeddings"],
+                space=str(data["space"]),
+                encoder_spec=str(data["encoder_spec"]),
+                fingerprint=str(data["fingerprint"]) if data["format_version"] == INDEX_FORMAT else "",  # 1: n/a
+                seed=int(data.get("seed", 0)),
+                image_size=int(data.get("image_size", 224)),
+                stats=[tuple(s) for s in data.get("stats", [])],
+                failed=[tuple(f) for f in data.get("failed", [])],
+                labels=[[str(label) for label in row] for row in data.get("labels", [])],
+                label_source=str(data.get("label_source", "")),
+                built=str(data.get("built", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFileError(f"index {file} is incomplete or damaged ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(index.embeddings, torch.Tensor) or index.embeddings.shape[0] != len(index.paths):
+        embeddings = index.embeddings
+        if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[0] != len(index.paths):
             raise IndexFileError(f"index {file} is damaged: its embeddings do not match its {len(index.paths)} paths")
+        if index.labels and len(index.labels) != len(index.paths):
+            rows = f"{len(index.labels)} label rows for {len(index.paths)} paths"
+            raise IndexFileError(f"index {file} is damaged: {rows}")
         return index
 
 
@@ -189,6 +214,9 @@ def build_index(
     seed: int = 0,
     progress: bool | Callable[[int], None] = True,
     images: Sequence[str | os.PathLike] | None = None,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    label_source: str = "",
+    only_labelled: bool = False,
 ) -> ImageIndex:
     """Embed every image under ``image_dir`` into an index file at ``output`` (see the module docstring).
 
@@ -198,6 +226,9 @@ def build_index(
     ``encoder`` is an encoder specification (see :mod:`convirt.encoders.spec`) or a loaded embedder (then its
     ``spec`` is stored). ``progress``: True for a progress bar, or a callable given the number of images done
     after each batch. Unreadable images are listed in the index (``failed``) and skipped.
+
+    ``labels``: {resolved image path: labels} (:func:`convirt.data.sources.image_labels`), stored per image
+    (``label_source`` names where they come from); with ``only_labelled`` the images it does not list are left out.
     """
     output = Path(output)
     if images is not None:
@@ -213,6 +244,16 @@ def build_index(
         relative = find_images(root)
     if not relative:
         raise ConfigError(f"no image files under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    if labels is not None:
+        keys = {rel: str((root / rel).resolve()) for rel in relative}
+        if not any(keys[rel] in labels for rel in relative):
+            raise ConfigError(
+                f"none of the {len(relative)} images under {root} is in the labelled dataset {label_source or ''}; "
+                "give the folder its images are in",
+                setting="labels",
+            )
+        if only_labelled:
+            relative = [rel for rel in relative if keys[rel] in labels]
     embedder = load_embedder(encoder, seed=seed) if isinstance(encoder, str) else encoder
     space = space or ("v" if "v" in embedder.spaces else "h_v")
     embedder.check_spaces([space])
@@ -278,6 +319,9 @@ def build_index(
         image_size=int(embedder.image_size),
         stats=[stats[rel] for rel in kept],
         failed=[(rel, reusable[rel][2]) for rel in relative if reusable[rel][1] is None],
+        labels=[list(labels.get(keys[rel], ())) for rel in kept] if labels is not None else [],
+        label_source=label_source if labels is not None else "",
+        built=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     index.save(output)
     shutil.rmtree(parts, ignore_errors=True)
@@ -294,9 +338,17 @@ class TorchSearch:
     def __init__(self, embeddings: torch.Tensor, device: str | torch.device = "cpu") -> None:
         self.embeddings = embeddings.float().contiguous().to(device)
 
-    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: torch.Tensor, k: int, allowed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and rows of the ``k`` best vectors for each query; ``allowed``: a boolean mask of the rows that
+        may be returned (default all)."""
         scores = queries.float().to(self.embeddings.device) @ self.embeddings.T
-        top = scores.topk(min(k, self.embeddings.shape[0]), dim=1)
+        count = self.embeddings.shape[0]
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+            count = int(allowed.sum())
+        top = scores.topk(min(k, count), dim=1)
         return top.values.cpu(), top.indices.cpu()
 
 
@@ -365,17 +417,28 @@ def search_index(
     ]
 
 
-def embedder_for_index(index: ImageIndex, override: str | None = None) -> Embedder:
-    """The encoder that built ``index`` (or ``override``), warning when its weights changed since."""
+def embedder_for_index(index: ImageIndex, override: str | None = None, strict: bool = False) -> Embedder:
+    """The encoder that built ``index`` (or ``override``), warning when its weights changed since.
+
+    ``strict``: an encoder whose weights are not those that built the index (the stored one changed on disk, or an
+    ``override`` that is another encoder) raises :class:`EncoderMismatchError` instead: its queries would be
+    compared with the index's embeddings in another space.
+    """
     spec = override or index.encoder_spec
     embedder = load_embedder(spec, seed=index.seed, image_size=index.image_size)
-    if override is None and index.fingerprint and embedder.fingerprint != index.fingerprint:
+    if (override is None or strict) and index.fingerprint and embedder.fingerprint != index.fingerprint:
+        if override is not None:
+            raise EncoderMismatchError(
+                f"{override} is not the encoder that built the index ({index.encoder_spec}): its image embeddings "
+                "differ from the index's, so queries would be compared in another space; use the index's own "
+                "encoder, or rebuild the index with this one",
+            )
+        message = f"the encoder {spec} changed since the index was built; rebuild the index for consistent results"
+        if strict:
+            raise EncoderMismatchError(message, setting="index")
         import warnings
 
-        warnings.warn(
-            f"the encoder {spec} changed since the index was built; rebuild the index for consistent results",
-            stacklevel=2,
-        )
+        warnings.warn(message, stacklevel=2)
     return embedder
 
 

@@ -69,6 +69,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"{key:40s} {metrics[key]}")
     for name, t in targets(metrics).items():
         print(f"target {name:30s} {t['value']} (needs {t['target']}): {'met' if t['met'] else 'NOT met'}")
+    print(f"\nexplore the test images in a browser: {metrics['explorer']['command']}")
     return 0
 
 

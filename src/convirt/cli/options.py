@@ -26,6 +26,7 @@ OPTION_HINTS = {
     "steps": "--steps N",
     "backend": "--backend torch",
     "k": "--k with cut-offs up to the candidates per query, or no --k for the defaults that fit",
+    "labels": "--labels DATASET",
 }
 
 
@@ -112,7 +113,8 @@ def add_dataset_options(parser: argparse.ArgumentParser, prompts: bool = True, s
         group.add_argument(
             "--prompts",
             metavar="FILE",
-            help="class prompts: CSV (label,text; the official text_query.csv works), YAML, or builtin:kermany",
+            help="class prompts: CSV (label,text; the official text_query.csv works), YAML, builtin:kermany or "
+            "builtin:chexpert",
         )
         group.add_argument(
             "--prompt-map",

@@ -18,7 +18,8 @@ Stages (each reuses the project's library, so the demo exercises the real paths)
      ``convirt.evaluation.classification``), mean AUC over the 8 labels, mean over seeds;
    - t-SNE, Grad-CAM saliency for the text queries, a text-query retrieval contact sheet (``convirt.analysis``);
 
-5. **report**: ``OUT/report.md`` and ``OUT/metrics.json`` (flat keys such as ``retrieval.text_image.p@10``), with the
+5. **index** the test images with their labels (``OUT/work/test-images.index.pt``) for ``convirt serve``;
+6. **report**: ``OUT/report.md`` and ``OUT/metrics.json`` (flat keys such as ``retrieval.text_image.p@10``), with the
    figures beside them. Everything bulky (data, checkpoints, feature caches) goes to ``OUT/work/``.
 """
 
@@ -181,6 +182,11 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     evaluation = evaluate_demo(checkpoint, eval_data.labels, out, work, settings, log)
     stage("evaluate", t0)
 
+    # 5. index the held-out test images, with their labels, for the explorer (convirt serve)
+    t0 = time.perf_counter()
+    explorer_index = index_test_images(checkpoint, eval_data.labels, work / "test-images.index.pt")
+    stage("index", t0)
+
     metrics: dict = {
         "retrieval": evaluation["retrieval"],
         "zero_shot": evaluation["zero_shot"],
@@ -213,6 +219,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         },
         "timings_seconds": {**timings, "total": round(time.perf_counter() - started, 1)},
+        "explorer": {"index": os.path.relpath(explorer_index, out), "command": f"convirt serve {explorer_index}"},
     }
     flat = flat_items({k: metrics[k] for k in ("retrieval", "linear_probe", "zero_shot")})
     flat["pretrain.final_val_loss"] = metrics["pretrain"]["final_val_loss"]
@@ -224,6 +231,17 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     write_report(out, metrics, evaluation, settings)
     log(f"demo: wrote {out / 'report.md'} and {out / 'metrics.json'} ({metrics['timings_seconds']['total']:.0f} s)")
     return metrics
+
+
+def index_test_images(checkpoint: Path, labels_csv: Path, output: Path) -> Path:
+    """An index of the evaluation set's test images (every one, with all its labels) for ``convirt serve``."""
+    from convirt.analysis.search import build_index
+    from convirt.data.sources import image_labels
+
+    labels = image_labels(labels_csv, "test")
+    build_index(labels_csv.parent / "images", str(checkpoint), output, progress=False, restart=True, labels=labels,
+                label_source=f"{labels_csv.name} (test split)", only_labelled=True)  # fmt: skip
+    return output
 
 
 def _single_category_test(labels_csv: Path) -> tuple[list[str], list[str]]:

@@ -16,7 +16,8 @@ spec            layout                                                          
 manifest) plus keyword options that the adapter accepts (``val_size``, ``seed``, ``uncertain`` ...), and returns a
 validated :class:`~convirt.data.labelled.LabelledManifest`. Every adapter also exposes ``build(path, **options)``.
 Save the result with :func:`convirt.data.labelled.write_labelled_manifest` to freeze the split.
-:func:`labelled_images` reduces a dataset's split to one class per image (retrieval, zero-shot, figures).
+:func:`labelled_images` reduces a dataset's split to one class per image (retrieval, zero-shot, figures);
+:func:`image_labels` gives every image of a split all its labels (search indexes).
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ def load_labelled_dataset(spec: str | os.PathLike, **options) -> LabelledManifes
     return module.build(path, **options)
 
 
+def _load_split(spec: str | os.PathLike, split: str | None, **options) -> LabelledManifest:
+    """The rows of one split of a labelled dataset (``None`` or ``all``: every row); none is an error. ``options``
+    go to the dataset's adapter (:func:`load_labelled_dataset`: ``split_column``, ``label_columns``, ...)."""
+    kind, path = parse_dataset_spec(str(spec))
+    # An absolute path: adapters resolve image paths against the dataset root, which a relative root breaks.
+    manifest = load_labelled_dataset(f"{kind}:{path.expanduser().resolve()}", **options)
+    if split and split != "all":
+        manifest = manifest.split(split)
+    if len(manifest) == 0:
+        raise ConfigError(f"dataset {spec} has no images in split {split!r}")
+    return manifest
+
+
+def image_labels(spec: str | os.PathLike, split: str | None = None, **options) -> dict[str, list[str]]:
+    """{resolved image path: its labels} for every image of a labelled dataset's split (``None``: all rows).
+
+    Single-label datasets give each image its class; multi-label ones every label it is positive for (none when
+    it is negative or unknown for all). What an image index stores to show labels and Precision@k. ``options``:
+    as for :func:`labelled_images`.
+    """
+    manifest = _load_split(spec, split, **options)
+    names = manifest.task.class_names
+    if manifest.task.kind == "multilabel":
+        labels = [[names[k] for k in np.flatnonzero(row == 1)] for row in manifest.targets]
+    else:
+        labels = [[names[int(t)]] for t in manifest.targets]
+    return {str(Path(p).resolve()): row for p, row in zip(manifest.images, labels)}
+
+
 def labelled_images(
     spec: str | os.PathLike, split: str | None = "test", **options
 ) -> tuple[list[str], list[str], dict]:
@@ -82,13 +112,7 @@ def labelled_images(
     CheXpert 8x200 was drawn), labelled by that label. ``split`` None or ``all``: every row. ``options`` go to the
     dataset's adapter (:func:`load_labelled_dataset`: ``split_column``, ``label_columns``, ``val_size`` ...).
     """
-    kind, path = parse_dataset_spec(str(spec))
-    # An absolute path: adapters resolve image paths against the dataset root, which a relative root breaks.
-    manifest = load_labelled_dataset(f"{kind}:{path.expanduser().resolve()}", **options)
-    if split and split != "all":
-        manifest = manifest.split(split)
-    if len(manifest) == 0:
-        raise ConfigError(f"dataset {spec} has no images in split {split!r}")
+    manifest = _load_split(spec, split, **options)
     names = manifest.task.class_names
     paths = list(manifest.images)
     if manifest.task.kind == "multilabel":
