@@ -9,6 +9,7 @@ Layout of ``train.output_dir``::
     config.yaml              the resolved config of the run
     checkpoints/last.ckpt    resume point, written every train.checkpoint_every_steps and at the end
     checkpoints/best.ckpt    best evaluation so far by the objective's monitor (lowest val/loss; captioners: val/cider)
+    checkpoints/eval-NNNN.ckpt  with train.keep_checkpoints=every_eval: the weights at each evaluation
     logs/version_N/          CSV metrics, one folder per session (a resumed run adds one)
     tensorboard/version_N/   TensorBoard events
     loss_curve.png           train and validation loss against step (axis: the objective's loss_name)
@@ -35,7 +36,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from convirt.config import Config
-from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
+from convirt.engine.callbacks import (
+    AtomicCheckpointIO,
+    EvaluationCheckpoints,
+    LossCurve,
+    ResumeCheckpoint,
+    finite_or_none,
+)
 from convirt.engine.module import ObjectiveBuilder
 from convirt.errors import CheckpointError, ConfigError
 from convirt.fileio import atomic_write_json, atomic_write_text
@@ -135,6 +142,8 @@ def build_trainer(
         last,
         LossCurve(output_dir / "logs", output_dir / "loss_curve.png", loss_name),
     ]
+    if t.keep_checkpoints == "every_eval":
+        callbacks.append(EvaluationCheckpoints(checkpoint_dir))
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_steps))))
     loggers: list = [CSVLogger(save_dir=str(output_dir), name="logs")]
