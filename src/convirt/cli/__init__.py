@@ -2,8 +2,8 @@
 
 One module per command group, each exposing ``register(subparsers)``: :mod:`.evaluate` (``evaluate classify |
 retrieval | zeroshot``), :mod:`.plot` (``plot tsne | saliency``), :mod:`.search` (``index``, ``search``),
-:mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), :mod:`.pretrain`, :mod:`.prepare`; :mod:`.options`
-holds the option blocks they share. This module only collects them. Errors a user can cause
+:mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), :mod:`.pretrain`, :mod:`.prepare`, :mod:`.reproduce`;
+:mod:`.options` holds the option blocks they share. This module only collects them. Errors a user can cause
 (:class:`convirt.errors.ConvirtError`) are printed as one clear message with exit status 2, never as a stack
 trace (set ``CONVIRT_DEBUG=1`` to see the trace); when the library names a setting, the message ends with the
 option that sets it.
@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "convirt.cli.plot",  # plot tsne | saliency
     "convirt.cli.search",  # index, search
     "convirt.cli.demo",  # demo, synthesize
+    "convirt.cli.reproduce",  # reproduce
 )
 
 
