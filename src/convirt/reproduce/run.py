@@ -33,7 +33,7 @@ def subprocess_executor(stage: Stage, log: Path) -> int:
     environment), its output shown and appended to ``log``."""
     command = [sys.executable, "-m", "convirt.cli", *stage.argv[1:]]
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as handle:
+    with open(log, "a", encoding="utf-8", buffering=1) as handle:  # line-buffered: `tail -f` follows it
         handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage.command}\n")
         handle.flush()
         process = subprocess.Popen(
