@@ -109,6 +109,8 @@ def test_every_planned_cell_of_every_table_is_filled(reproduced: Path):
 
     correlations = pd.read_csv(reproduced / "figure4" / "correlations.csv")
     assert set(correlations["n"]) == {3}  # three kept checkpoints
+    trajectory = pd.read_csv(reproduced / "figure4" / "trajectory.csv")
+    assert trajectory["val_loss"].notna().all() and list(trajectory["evaluation"]) == [1, 2, 3]
     assert {"image-image P@10", "text-image P@10"} <= set(correlations["metric"])
     assert (reproduced / "figure4" / "figure4.png").stat().st_size > 5000
     assert sorted(p.name for p in (reproduced / "pretrain" / "convirt" / "checkpoints").glob("eval-*")) == [

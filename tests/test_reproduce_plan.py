@@ -16,7 +16,7 @@ import yaml
 from convirt.cli import main
 from convirt.config import load_config
 from convirt.errors import ConfigError
-from convirt.evaluation.trajectory import correlations
+from convirt.evaluation.trajectory import correlations, validation_losses
 from convirt.reproduce import build_stages, load_plan, render, run_plan, stage_status
 from convirt.reproduce.grid import expand_grid, parse_grid
 from convirt.reproduce.stages import record_file, write_record
@@ -233,6 +233,20 @@ def test_figure4_correlations_by_hand():
     # centred x (-0.75, -0.25, 0.25, 0.75), y (-15, 5, -5, 15): r = 20 / (sqrt(1.25) sqrt(500)) = 0.8; ranks alike
     assert table.loc["b", "pearson_r"] == pytest.approx(0.8) and table.loc["b", "spearman_r"] == pytest.approx(0.8)
     assert table.loc["c", "n"] == 2 and math.isnan(table.loc["c", "pearson_r"])  # fewer than 3 points
+
+
+def test_figure4_losses_are_matched_by_evaluation_not_by_step(tmp_path):
+    # The logs as Lightning's CSV logger writes them: a validation after 10 optimiser steps (the checkpoint's
+    # global_step 10, eval-0001.ckpt) is logged at step 9. Session 1 resumed from step 10 and repeated evaluation 2.
+    header = "epoch,lr,step,train/loss,val/evaluations,val/loss\n"
+    first = header + "0,1e-4,9,3.76,,\n0,,9,,1.0,3.54\n0,1e-4,19,3.49,,\n0,,19,,2.0,3.50\n"
+    resumed = header + "0,1e-4,19,3.49,,\n0,,19,,2.0,3.25\n0,,29,,3.0,3.125\n"
+    for session, text in enumerate((first, resumed)):
+        (tmp_path / "logs" / f"version_{session}").mkdir(parents=True)
+        (tmp_path / "logs" / f"version_{session}" / "metrics.csv").write_text(text)
+    assert validation_losses(tmp_path) == {1: 3.54, 2: 3.25, 3: 3.125}
+    (tmp_path / "logs" / "version_1" / "metrics.csv").write_text("epoch,lr,step,train/loss\n0,1e-4,29,3.4\n")
+    assert validation_losses(tmp_path) == {1: 3.54, 2: 3.50}  # a session without validations changes nothing
 
 
 # ---------------------------------------------------------------------------------- a stage as a real child process

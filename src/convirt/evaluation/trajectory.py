@@ -4,7 +4,7 @@ A run pretrained with ``train.keep_checkpoints: every_eval`` keeps ``checkpoints
 evaluation. :func:`score_trajectory` scores each on the chosen end tasks: a linear probe (cached features, at one
 label fraction, over seeds) on a labelled dataset, and image-image / text-image Precision@k (CheXpert 8x200 or a
 labelled dataset with text queries). The validation loss of each checkpoint comes from the run's logs (the value
-the engine computed at that step, resumed sessions included).
+the engine computed at that evaluation, resumed sessions included).
 
 Outputs in the output folder: ``trajectory.csv`` (one row per checkpoint: evaluation, step, epoch, val_loss, -L,
 each metric; rewritten after every checkpoint), ``correlations.csv`` (Pearson and Spearman r of -L against each
@@ -93,14 +93,18 @@ def kept_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def validation_losses(run_dir: str | os.PathLike) -> dict[int, float]:
-    """step -> validation loss, from the run's CSV logs (the latest session's value where sessions overlap)."""
+    """evaluation (1-based, the NNNN of ``eval-NNNN.ckpt``) -> validation loss, from the run's CSV logs (the
+    latest session's value where resumed sessions repeat an evaluation).
+
+    Keyed by the evaluation count the engine logs beside the loss (``val/evaluations``), not by step: the logger
+    writes a validation at the step before the checkpoint's ``global_step``."""
     from convirt.engine.callbacks import read_metric_logs
 
     frame = read_metric_logs(Path(run_dir) / "logs")
-    if "val/loss" not in frame:
+    if "val/loss" not in frame or "val/evaluations" not in frame:
         return {}
-    rows = frame[["step", "_session", "val/loss"]].dropna().sort_values(["step", "_session"])
-    return {int(step): float(value) for step, value in rows.groupby("step")["val/loss"].last().items()}
+    rows = frame[["val/evaluations", "_session", "val/loss"]].dropna().sort_values(["val/evaluations", "_session"])
+    return {int(n): float(value) for n, value in rows.groupby("val/evaluations")["val/loss"].last().items()}
 
 
 def _epochs_per_step(run_dir: Path, config) -> float | None:
@@ -143,15 +147,15 @@ def score_trajectory(
     rows: list[dict] = []
     for evaluation, file in kept:
         key = _key(tasks, file)
-        if key in done:
-            rows.append(done[key])
+        val_loss = losses.get(evaluation, math.nan)
+        if key in done:  # the scores are reused; the loss is read from the logs again
+            rows.append({**done[key], "val_loss": val_loss, "neg_val_loss": -val_loss})
             log(f"{file.name}: scored earlier (trajectory.csv), reused")
             continue
         spec = EncoderSpec.parse(file)
         checkpoint = spec.checkpoint()
         step = int(load_torch_file(file, "checkpoint", mmap=True).get("global_step", -1))
         per_step = _epochs_per_step(run_dir, checkpoint.config)
-        val_loss = losses.get(step, math.nan)
         row = {"checkpoint": file.name, "evaluation": evaluation, "step": step,
                "epoch": round(step * per_step, 4) if per_step else math.nan, "val_loss": val_loss,
                "neg_val_loss": -val_loss}  # fmt: skip
