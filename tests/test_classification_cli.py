@@ -71,7 +71,8 @@ def test_paper_dataset_gets_paper_numbers_beside_ours_and_finetune_runs(tmp_path
     )  # fmt: skip
     assert code == 0
     summary = (out / "summary.md").read_text()
-    assert "# rsna: fine-tune" in summary and "| Encoder | 50 % | 100 % |" in summary  # no paper random fine-tune
+    assert "# rsna: fine-tune" in summary and "| Encoder | 50 % | paper 50 % | 100 % | paper 100 % |" in summary
+    assert summary.count(" | 88.5 |") == 1  # Table 1 (b): random init fine-tuned, 100 %
     assert "--protocol finetune --fractions 0.5,1 --seeds 1" in summary and "--warmup-steps 2" in summary
     linear = tmp_path / "linear"
     main(["evaluate", "classify", "--dataset", f"manifest:{path}", "--encoder", "random:resnet18", "--fractions",
@@ -159,3 +160,53 @@ def test_multilabel_study_level_task_through_the_python_api(tmp_path):
     assert (runs[runs["fraction"] == 0.5]["n_train"] % 2 == 0).all()  # whole studies
     assert "mean AUC" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "roc" / "random_resnet18-0.5.png").is_file()
+
+
+def test_a_killed_evaluation_resumes_run_by_run(tmp_path):
+    """Interrupted after its second run, the evaluation continues with the third; a new fraction trains only its
+    own runs; another setting reuses nothing. Results equal an uninterrupted evaluation's."""
+    from convirt.data.sources import load_labelled_dataset
+    from convirt.evaluation.classification import ClassificationSettings, Recipe, evaluate_classification
+
+    manifest = load_labelled_dataset(f"imagefolder:{write_image_folder(tmp_path / 'data')}", val_size=0.25)
+
+    def settings(fractions, lr=1e-3):
+        return ClassificationSettings(fractions=fractions, seeds=2, image_size=32, fast=False,
+                                      training=Recipe(batch_size=8, max_epochs=3, lr=lr))  # fmt: skip
+
+    straight = evaluate_classification(manifest, ["random:resnet18"], settings((0.25, 1.0)), tmp_path / "straight")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_second_run(message: str) -> None:
+        if message.startswith("random:resnet18 25 % seed 1:"):
+            raise Killed
+
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        evaluate_classification(manifest, ["random:resnet18"], settings((0.25, 1.0)), out, log=kill_after_second_run)
+    assert len(pd.read_csv(out / "runs.csv")) == 2 and len(list((out / "predictions").glob("*.npy"))) == 2
+    assert not (out / "summary.md").exists()
+
+    messages: list[str] = []
+    resumed = evaluate_classification(manifest, ["random:resnet18"], settings((0.25, 1.0)), out, log=messages.append)
+    reused = [m for m in messages if m.endswith("finished earlier (runs.csv), reused")]
+    trained = [m for m in messages if "best epoch" in m]
+    assert [m.split(": ")[0] for m in reused] == ["random:resnet18 25 % seed 0", "random:resnet18 25 % seed 1"]
+    assert [m.split(": ")[0] for m in trained] == ["random:resnet18 100 % seed 0", "random:resnet18 100 % seed 1"]
+    assert resumed["run_key"].tolist() == straight["run_key"].tolist()
+    for key in straight["run_key"]:  # each run's test probabilities, as an uninterrupted evaluation gives them
+        expected = np.load(tmp_path / "straight" / "predictions" / f"{key}.npy")
+        np.testing.assert_allclose(np.load(out / "predictions" / f"{key}.npy"), expected, rtol=1e-6)
+    assert resumed["test"].tolist() == pytest.approx(straight["test"].tolist(), abs=1e-12)
+    assert (out / "summary.md").read_text().split("Command")[0] == (tmp_path / "straight" / "summary.md").read_text()
+    assert sorted(p.name for p in (out / "roc").iterdir()) == ["random_resnet18-0.25.png", "random_resnet18-1.png"]
+
+    messages.clear()
+    more = evaluate_classification(manifest, ["random:resnet18"], settings((0.25, 0.5, 1.0)), out, log=messages.append)
+    assert len(more) == 6 and sum("best epoch" in m for m in messages) == 2  # only the two 50 % runs train
+    messages.clear()
+    evaluate_classification(manifest, ["random:resnet18"], settings((0.25,), lr=3e-4), out, log=messages.append)
+    assert sum("best epoch" in m for m in messages) == 2 and not any("reused" in m for m in messages)
+    assert len(pd.read_csv(out / "runs.csv")) == 2  # the rows of other settings are gone

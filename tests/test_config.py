@@ -61,6 +61,7 @@ def test_overrides_are_typed() -> None:
         ("train.precision=fp8", "train.precision"),
         ("model.pooling=attention", "model.pooling"),
         ("loss.lambda_=2", r"loss.lambda_ must be in \[0, 1\]"),
+        ("train.keep_checkpoints=all", "train.keep_checkpoints 'all': use one of best_last, every_eval"),
         ("trainseed", "must look like section.key=value"),
     ],
 )

@@ -97,6 +97,7 @@ def test_run_writes_checkpoints_logs_curve_and_summary(trained_run) -> None:
     for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "loss_curve.png", "summary.json"):
         assert (out / name).is_file(), name
     assert (out / "loss_curve.png").stat().st_size > 5000
+    assert not list((out / "checkpoints").glob("eval-*.ckpt"))  # train.keep_checkpoints=best_last (the default)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["train_pairs"] == 8 and summary["skipped_images"] == 0
     metrics = (out / "logs" / "version_0" / "metrics.csv").read_text()
@@ -160,15 +161,16 @@ KILL_SCRIPT = textwrap.dedent(
             if trainer.global_step == {kill_at}:
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint: a real crash
 
-    config = tiny_config({manifest!r}, {output!r}, {text!r})
+    config = tiny_config({manifest!r}, {output!r}, {text!r}, train__keep_checkpoints="every_eval")
     pretrain(config, build_objective, extra_callbacks=[KillAt()])
     """
 )
 
 
 def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
-    # Uninterrupted: 8 steps, validation at 4 and 8, last.ckpt every 2 steps.
-    straight = pretrain(tiny_config(covid_prepared, tmp_path / "straight", tiny_bert_dir), build_objective)
+    # Uninterrupted: 8 steps, validation at 4 and 8, last.ckpt every 2 steps, a checkpoint kept per evaluation.
+    keep = {"train__keep_checkpoints": "every_eval"}
+    straight = pretrain(tiny_config(covid_prepared, tmp_path / "straight", tiny_bert_dir, **keep), build_objective)
 
     # Killed with SIGKILL after step 5 (last.ckpt holds step 4), then resumed by running the same config again.
     killed_dir = tmp_path / "killed"
@@ -189,7 +191,8 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
     partial = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert partial["global_step"] == 4
-    resumed = pretrain(tiny_config(covid_prepared, killed_dir, tiny_bert_dir), build_objective)
+    assert sorted(p.name for p in (killed_dir / "checkpoints").glob("eval-*.ckpt")) == ["eval-0001.ckpt"]
+    resumed = pretrain(tiny_config(covid_prepared, killed_dir, tiny_bert_dir, **keep), build_objective)
     assert resumed.resumed_from == killed_dir / "checkpoints" / "last.ckpt" and resumed.steps == 8
 
     a = torch.load(straight.last_checkpoint, map_location="cpu", weights_only=True)
@@ -204,6 +207,18 @@ def test_killed_run_resumes_to_the_same_state(covid_prepared: Path, tiny_bert_di
     assert a["convirt_state"]["evaluations"] == b["convirt_state"]["evaluations"] == 2
     assert straight.best_val_loss == pytest.approx(resumed.best_val_loss, rel=1e-6)
     assert (killed_dir / "logs" / "version_1" / "metrics.csv").is_file()  # the resumed session's log
+
+    # The kept checkpoints: weights only, one per evaluation, the same whether the run was killed or not; the last
+    # one holds the final weights.
+    for name, step in (("eval-0001.ckpt", 4), ("eval-0002.ckpt", 8)):
+        kept_a = torch.load(straight.output_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+        kept_b = torch.load(killed_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert kept_a["global_step"] == kept_b["global_step"] == step and "optimizer_states" not in kept_a
+        assert kept_a["convirt"]["config"]["train"]["keep_checkpoints"] == "every_eval"
+        for key, value in kept_a["state_dict"].items():
+            torch.testing.assert_close(kept_b["state_dict"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(kept_a["state_dict"][key], value, msg=key)
 
 
 def test_lr_is_halved_after_patience_evaluations_without_improvement(covid_prepared, tiny_bert_dir, tmp_path):
@@ -293,7 +308,7 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path, capsys, tin
     )
     assert code == 2 and "freeze_layers=9 but the text encoder has 4 layers" in capsys.readouterr().err
     assert cli_main(["export", str(bad), str(tmp_path / "x")]) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    assert "is not a torch file (it holds text)" in capsys.readouterr().err
 
 
 def test_missing_images_fail_or_skip_as_configured(tmp_path: Path, covid_prepared: Path, tiny_bert_dir: Path):

@@ -23,6 +23,7 @@ import yaml
 from convirt.errors import ConfigError
 
 T = TypeVar("T")
+KEEP_CHECKPOINTS = ("best_last", "every_eval")
 
 
 @dataclass
@@ -96,6 +97,7 @@ class TrainConfig:
     limit_val_batches: int | None = None  # evaluate on at most this many val batches (None: all)
     checkpoint_every_steps: int = 1000  # write last.ckpt this often (resume point); best.ckpt at evaluations
     max_nonfinite_steps: int = 0  # training steps with a NaN/inf loss to skip before stopping (0: stop at the first)
+    keep_checkpoints: str = "best_last"  # best_last | every_eval (also checkpoints/eval-NNNN.ckpt per evaluation)
     resume: str = "auto"  # auto (resume from OUTPUT/checkpoints/last.ckpt if present) | never | a checkpoint path
     precision: str = "mixed"  # 32 | bf16-mixed | 16-mixed | mixed (bf16 where supported, else fp16 on GPU)
     channels_last: bool = True
@@ -205,11 +207,12 @@ def from_mapping(cls: type[T], data: Any, prefix: str = "", noun: str = "config 
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, nested mappings merged key by key."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_mappings(out[key], value)
         else:
             out[key] = value
     return out
@@ -240,20 +243,25 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return from_mapping(Config, data or {})
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+def read_yaml_mapping(path: str | os.PathLike | None, noun: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (``{}`` for an empty file or no path); errors name the file as ``noun``."""
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
         if not file.is_file():
-            raise ConfigError(f"config file {file} does not exist")
+            raise ConfigError(f"{noun} {file} does not exist")
         try:
             data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"{noun} {file} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {file} must contain a mapping at the top level")
-    data = _merge(data, parse_overrides(overrides or []))
+            raise ConfigError(f"{noun} {file} must contain a mapping at the top level")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    data = merge_mappings(read_yaml_mapping(path), parse_overrides(overrides or []))
     config = config_from_dict(data)
     validate_config(config)
     return config
@@ -361,5 +369,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"model.pooling {config.model.pooling!r}: use max, mean or cls")
     if config.model.head not in ("mlp", "linear"):
         raise ConfigError(f"model.head {config.model.head!r}: use mlp or linear")
+    if t.keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise ConfigError(f"train.keep_checkpoints {t.keep_checkpoints!r}: use one of {', '.join(KEEP_CHECKPOINTS)}")
     if d.on_bad_image not in ("skip", "fail"):
         raise ConfigError(f"data.on_bad_image {d.on_bad_image!r}: use skip or fail")

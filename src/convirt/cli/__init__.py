@@ -1,12 +1,12 @@
 """The `convirt` command line: a thin layer that parses arguments and calls library functions.
 
 One module per command group, each exposing ``register(subparsers)``: :mod:`.evaluate` (``evaluate classify |
-retrieval | zeroshot``), :mod:`.plot` (``plot tsne | saliency``), :mod:`.search` (``index``, ``search``),
-:mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), :mod:`.serve` (``serve``), :mod:`.pretrain`,
-:mod:`.prepare`; :mod:`.options` holds the option blocks they share. This module only collects them. Errors a
-user can cause (:class:`convirt.errors.ConvirtError`) are printed as one clear message with exit status 2, never as
-a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace); when the library names a setting, the message ends with
-the option that sets it.
+retrieval | zeroshot | trajectory``), :mod:`.plot` (``plot tsne | saliency``), :mod:`.search` (``index``,
+``search``), :mod:`.export`, :mod:`.demo` (``demo``, ``synthesize``), :mod:`.serve` (``serve``), :mod:`.pretrain`,
+:mod:`.prepare`, :mod:`.reproduce`; :mod:`.options` holds the option blocks they share. This module only collects
+them. Errors a user can cause (:class:`convirt.errors.ConvirtError`) are printed as one clear message with exit
+status 2, never as a stack trace (set ``CONVIRT_DEBUG=1`` to see the trace); when the library names a setting, the
+message ends with the option that sets it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "convirt.cli.search",  # index, search
     "convirt.cli.demo",  # demo, synthesize
     "convirt.cli.serve",  # serve (the web explorer; its packages are the optional app extra)
+    "convirt.cli.reproduce",  # reproduce
 )
 
 

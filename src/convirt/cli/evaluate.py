@@ -1,4 +1,5 @@
-"""``convirt evaluate classify | retrieval | zeroshot``: one sub-command per evaluation (descriptions below)."""
+"""``convirt evaluate classify | retrieval | zeroshot | trajectory``: one sub-command per evaluation (descriptions
+below)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def register(subparsers) -> None:
     _register_classify(evaluations)
     _register_retrieval(evaluations)
     _register_zeroshot(evaluations)
+    _register_trajectory(evaluations)
     parser.set_defaults(func=lambda args: parser.print_help() or 1)
 
 
@@ -94,6 +96,13 @@ def _register_classify(subparsers) -> None:
                         "chexpert: dataset the CheXpert 8x200 retrieval images leave its training data")  # fmt: skip
     parser.add_argument("--lists", metavar="DIR", help="with --save-encoder on chexpert: the retrieval lists whose "
                         "images are left out (default: the official lists in the shared data)")  # fmt: skip
+    add_training_options(parser)
+    add_labelled_options(parser)
+    parser.set_defaults(func=run_classify, classify_parser=parser)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The classification recipe's options (``evaluate classify`` and ``evaluate trajectory``)."""
     training = parser.add_argument_group("training (defaults: the paper's)")
     training.add_argument("--lr", type=float, help="Adam lr (default 1e-3 for COVIDx, 1e-4 otherwise)")
     training.add_argument("--weight-decay", type=float, default=1e-6)
@@ -112,8 +121,23 @@ def _register_classify(subparsers) -> None:
     training.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a CPU shared with others)")
     training.add_argument("--cache-dir", help="feature cache (default <output>/features)")
     training.add_argument("--encoder-seed", type=int, default=0, help="seed of random-init encoders")
-    add_labelled_options(parser)
-    parser.set_defaults(func=run_classify, classify_parser=parser)
+
+
+def classification_settings(args: argparse.Namespace, protocol: str, fractions, seeds):
+    """The ClassificationSettings the training options describe."""
+    from convirt.evaluation.classification import ClassificationSettings, Recipe
+
+    recipe = Recipe(
+        lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, batch_size=args.batch_size,
+        max_epochs=args.max_epochs, warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, monitor=args.monitor,
+        standardize=args.standardize,
+    )  # fmt: skip
+    return ClassificationSettings(
+        protocol=protocol, recipe=getattr(args, "recipe", "features"), fractions=fractions, seeds=seeds,
+        image_size=args.image_size, device=args.device, fast=not args.no_fast, workers=args.workers,
+        cache_dir=args.cache_dir, encoder_seed=args.encoder_seed, training=recipe,
+        save_encoders=getattr(args, "save_encoder", None),
+    )  # fmt: skip
 
 
 def classify_command_line(args: argparse.Namespace) -> str:
@@ -153,7 +177,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     from convirt.data.labelled import write_labelled_manifest
     from convirt.data.sources import load_labelled_dataset, parse_dataset_spec
     from convirt.encoders.spec import parse_specs
-    from convirt.evaluation.classification import ClassificationSettings, Recipe, encoder_choice
+    from convirt.evaluation.classification import encoder_choice
     from convirt.evaluation.classification.runner import evaluate_classification
 
     if args.threads:
@@ -179,16 +203,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         raise ConfigError(f"{len(args.name)} --name for {len(args.encoder)} --encoder; give one per encoder or none")
     names = args.name or [None] * len(args.encoder)
     choices = [encoder_choice(spec, name) for spec, name in zip(parse_specs(args.encoder), names)]
-    recipe = Recipe(
-        lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, batch_size=args.batch_size,
-        max_epochs=args.max_epochs, warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, monitor=args.monitor,
-        standardize=args.standardize,
-    )  # fmt: skip
-    settings = ClassificationSettings(
-        protocol=args.protocol, recipe=args.recipe, fractions=args.fractions, seeds=args.seeds,
-        image_size=args.image_size, device=args.device, fast=not args.no_fast, workers=args.workers,
-        cache_dir=args.cache_dir, encoder_seed=args.encoder_seed, training=recipe, save_encoders=args.save_encoder,
-    )  # fmt: skip
+    settings = classification_settings(args, args.protocol, args.fractions, args.seeds)
     output = args.output or str(Path("runs") / "classify" / f"{manifest.task.name}-{args.protocol}")
     command = classify_command_line(args)
     evaluate_classification(manifest, choices, settings, output, command=command)
@@ -346,4 +361,68 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         auc = "–" if r.mean_auc is None else f"{100 * r.mean_auc:.1f}"
         print(f"{r.encoder:>24}  accuracy {100 * r.accuracy:.1f}  mean AUC {auc}")
     print(f"wrote {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trajectory
+
+TRAJECTORY_DESCRIPTION = """`convirt evaluate trajectory`: the paper's Figure 4. Every checkpoint a pretraining run
+kept (train.keep_checkpoints=every_eval: checkpoints/eval-NNNN.ckpt) scored downstream, against the run's
+validation loss::
+
+    convirt evaluate trajectory runs/convirt --output results/figure4 \\
+        --classify rsna:/data/rsna --fraction 0.01 --seeds 5 --chexpert-root /data
+    convirt evaluate trajectory runs/demo --output results/figure4 --classify manifest:labels.csv --standardize \\
+        --dataset manifest:labels.csv --prompts text_queries.csv
+
+Writes trajectory.csv (one row per checkpoint), correlations.csv (Pearson and Spearman r of -L against each end
+task), figure4.png and trajectory.md. Run it again to continue: a scored checkpoint is not scored again.
+"""
+
+
+def _register_trajectory(subparsers) -> None:
+    parser = _evaluation_parser(
+        subparsers,
+        "trajectory",
+        TRAJECTORY_DESCRIPTION,
+        "score every kept pretraining checkpoint downstream; validation loss vs end tasks (paper Figure 4)",
+    )
+    parser.add_argument("run", metavar="RUN_DIR", help="a pretraining run's output folder")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR")
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="score every N-th kept checkpoint (and "
+                        "the last)")  # fmt: skip
+    probe = parser.add_argument_group("linear probe")
+    probe.add_argument("--classify", metavar="DATASET", help="labelled dataset (KIND:PATH or manifest:FILE)")
+    probe.add_argument("--fraction", type=float, default=0.01, help="label fraction (default 0.01, the paper's)")
+    probe.add_argument("--seeds", type=_seeds, default=1, help="probe seeds per checkpoint (default 1)")
+    add_training_options(parser)
+    official = parser.add_argument_group("retrieval: official CheXpert 8x200 protocol")
+    official.add_argument("--chexpert-root", metavar="DIR", help="folder containing CheXpert-v1.0-small/")
+    official.add_argument("--lists", metavar="DIR", help="folder of the 8x200 lists (default: shared data)")
+    add_dataset_options(parser)
+    parser.add_argument("--space", choices=("h_v", "v"), default="h_v", help="image space for image-image retrieval")
+    parser.add_argument("--k", type=int, default=10, help="Precision@k cut-off (default 10, the paper's)")
+    parser.set_defaults(func=run_trajectory)
+
+
+def run_trajectory(args: argparse.Namespace) -> int:
+    from convirt.cli.options import parse_prompt_map
+    from convirt.evaluation.trajectory import TrajectoryTasks, score_trajectory
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    settings = classification_settings(args, "linear", [args.fraction], args.seeds) if args.classify else None
+    tasks = TrajectoryTasks(
+        classify=args.classify, settings=settings, chexpert_root=args.chexpert_root, lists=args.lists,
+        retrieval=args.dataset, prompts=args.prompts, prompt_map=parse_prompt_map(args.prompt_map), split=args.split,
+        space=args.space, k=args.k, image_size=args.image_size, device=args.device, fast=not args.no_fast,
+    )  # fmt: skip
+    frame = score_trajectory(args.run, args.output, tasks, every=args.every)
+    print(Path(args.output, "trajectory.md").read_text())
+    print(
+        f"wrote {args.output}/trajectory.csv, correlations.csv, figure4.png, trajectory.md ({len(frame)} checkpoints)"
+    )
     return 0

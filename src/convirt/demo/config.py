@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The text queries (text-image retrieval, zero-shot) are the synthetic dataset's own, written beside its labels.
+from convirt.synthetic.queries import TEXT_QUERIES  # noqa: F401
+
 # Dotted overrides applied on top of the package defaults (convirt.config); data.manifest and train.output_dir are
 # set by the demo. tests/test_demo.py checks that configs/demo.yaml says the same.
 DEMO_SETTINGS: dict[str, object] = {
@@ -49,66 +52,4 @@ QUICK_SETTINGS: dict[str, object] = {
     "train.checkpoint_every_steps": 3,
     "train.log_every_steps": 1,
     "train.limit_val_batches": 2,
-}
-
-# Text queries per category for text-image retrieval and zero-shot classification: five sentences each, in the
-# style of the official CheXpert 8x200 text queries. They describe the findings in report language but are not
-# copied from one report; some wordings ("bibasilar", "rib fractures") never occur in the generated reports.
-TEXT_QUERIES: dict[str, list[str]] = {
-    "Atelectasis": [
-        "Plate-like atelectasis at the lung base.",
-        "Subsegmental atelectasis at the right base.",
-        "Linear atelectasis in the left lower lung.",
-        "Basilar atelectasis with volume loss.",
-        "Discoid atelectasis is present.",
-    ],
-    "Cardiomegaly": [
-        "The heart is enlarged.",
-        "Cardiomegaly is present.",
-        "Moderate cardiomegaly.",
-        "The cardiac silhouette is enlarged.",
-        "Marked enlargement of the heart.",
-    ],
-    "Edema": [
-        "Pulmonary edema.",
-        "Moderate pulmonary edema is present.",
-        "Bilateral perihilar haziness consistent with edema.",
-        "Interstitial edema in both lungs.",
-        "Pulmonary vascular congestion and edema.",
-    ],
-    "Fracture": [
-        "Acute rib fracture.",
-        "There is a fracture of the left rib.",
-        "Displaced right rib fracture.",
-        "Cortical discontinuity of a rib consistent with fracture.",
-        "Rib fractures are present.",
-    ],
-    "Pleural Effusion": [
-        "Pleural effusion.",
-        "There is a moderate right pleural effusion.",
-        "Large left pleural effusion.",
-        "Blunting of the costophrenic angle consistent with effusion.",
-        "Small pleural effusion is present.",
-    ],
-    "Pneumonia": [
-        "Focal consolidation concerning for pneumonia.",
-        "Right lower lobe pneumonia.",
-        "Airspace opacity in the left lung consistent with pneumonia.",
-        "Consolidation in the upper lobe.",
-        "Findings consistent with pneumonia.",
-    ],
-    "Pneumothorax": [
-        "Pneumothorax.",
-        "There is a small right apical pneumothorax.",
-        "Large left pneumothorax.",
-        "A visceral pleural line with absent lung markings beyond it.",
-        "Pneumothorax is present.",
-    ],
-    "No Finding": [
-        "No acute cardiopulmonary process.",
-        "Normal chest radiograph.",
-        "The lungs are clear.",
-        "No acute cardiopulmonary abnormality.",
-        "Heart size is normal and the lungs are clear.",
-    ],
 }

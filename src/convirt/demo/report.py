@@ -110,8 +110,8 @@ def write_report(out: Path, metrics: dict, evaluation: dict, settings) -> Path:
         "## Retrieval (Precision@k, %)",
         "",
         "Every test image queries all the others (leave-one-out) for image-image retrieval; each of the "
-        f"{r['n_text_queries']} text queries (5 per category, `convirt.demo.config.TEXT_QUERIES`) ranks all test "
-        "images for text-image retrieval. Random init = the same architecture with every weight freshly "
+        f"{r['n_text_queries']} text queries (5 per category, `convirt.synthetic.queries.TEXT_QUERIES`) ranks all "
+        "test images for text-image retrieval. Random init = the same architecture with every weight freshly "
         "initialised; ImageNet init = the image encoder pretraining started from (no text tower, so image-image "
         "only).",
         "",

@@ -40,7 +40,7 @@ import torch
 
 from convirt.config import flat_items
 from convirt.demo.config import DEMO_SETTINGS, QUICK_SETTINGS, TEXT_QUERIES
-from convirt.encoders.spec import EncoderSpec
+from convirt.encoders.spec import EncoderSpec, initial_weights_spec
 from convirt.errors import ConfigError
 from convirt.fileio import atomic_write_json
 from convirt.synthetic.dataset import MULTIPLE, generate_dataset
@@ -370,16 +370,8 @@ def linear_probe(checkpoint: EncoderSpec, labels_csv: Path, out: Path, settings:
 def pretrained_init_spec(checkpoint: EncoderSpec) -> str | None:
     """The image encoder pretraining started from, as an encoder spec (``NAME=FILE`` or ``imagenet:NAME``), or
     None when it started from random weights: the paper's "ImageNet" baseline row."""
-    from convirt.models.image import offline_imagenet_file, weights_kind
-
     model = checkpoint.checkpoint().config.model
-    name, weights = model.image_encoder, model.image_weights
-    kind = weights_kind(weights)
-    if kind == "random":
-        return None
-    if kind == "builtin":
-        return f"{name}={offline_imagenet_file(name)}"
-    return f"imagenet:{name}" if kind == "imagenet" else f"{name}={weights}"
+    return initial_weights_spec(model.image_encoder, model.image_weights)
 
 
 def _figures(convirt, random_like, paths, labels, categories, prompts, out: Path, settings) -> dict:

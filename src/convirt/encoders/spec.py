@@ -241,6 +241,20 @@ def parse_specs(specs: Sequence[str | os.PathLike | EncoderSpec]) -> list[Encode
     return parsed
 
 
+def initial_weights_spec(architecture: str, weights: str | None) -> str | None:
+    """The image encoder a pretraining run starts from (``model.image_encoder`` + ``model.image_weights``), as an
+    encoder specification: ``NAME=FILE`` for the offline built-in weights or a local file, ``imagenet:NAME`` for
+    torchvision's download, None for random weights. The paper's "ImageNet init" row."""
+    from convirt.models.image import offline_imagenet_file, weights_kind
+
+    kind = weights_kind(weights)
+    if kind == "random":
+        return None
+    if kind == "builtin":
+        return f"{architecture}={offline_imagenet_file(architecture)}"
+    return f"imagenet:{architecture}" if kind == "imagenet" else f"{architecture}={weights}"
+
+
 def load_image_encoder(spec: str | os.PathLike | EncoderSpec, seed: int | None = None) -> ImageEncoder:
     """Resolve an encoder specification to its :class:`ImageEncoder` (see :class:`EncoderSpec`)."""
     return EncoderSpec.parse(spec).image_encoder(seed)

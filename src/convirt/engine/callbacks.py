@@ -44,6 +44,23 @@ class ResumeCheckpoint(Checkpoint):
             self.save(trainer)
 
 
+class EvaluationCheckpoints(Checkpoint):
+    """Keeps one weights-only checkpoint per evaluation, ``checkpoints/eval-NNNN.ckpt`` (``train.keep_checkpoints:
+    every_eval``), for scoring the run's trajectory downstream (``convirt evaluate trajectory``).
+
+    Written atomically after each validation (NNNN: the evaluation count, 1-based); a resumed run writes the
+    evaluations after its resume point again, so the files always match the uninterrupted run's.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            evaluation = int(getattr(pl_module, "evaluations", 0))
+            trainer.save_checkpoint(self.directory / f"eval-{evaluation:04d}.ckpt", weights_only=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, fsyncs it and renames it into place: a process killed while
     saving leaves the previous checkpoint intact, never a truncated one. Reads (resuming: ``train.resume``,

@@ -9,6 +9,7 @@ Layout of ``train.output_dir``::
     config.yaml              the resolved config of the run
     checkpoints/last.ckpt    resume point, written every train.checkpoint_every_steps and at the end
     checkpoints/best.ckpt    best evaluation so far by the objective's monitor (lowest val/loss; captioners: val/cider)
+    checkpoints/eval-NNNN.ckpt  with train.keep_checkpoints=every_eval: the weights at each evaluation
     logs/version_N/          CSV metrics, one folder per session (a resumed run adds one)
     tensorboard/version_N/   TensorBoard events
     loss_curve.png           train and validation loss against step (axis: the objective's loss_name)
@@ -40,7 +41,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from convirt.config import Config, config_differences, config_from_dict
-from convirt.engine.callbacks import AtomicCheckpointIO, LossCurve, ResumeCheckpoint, finite_or_none
+from convirt.engine.callbacks import (
+    AtomicCheckpointIO,
+    EvaluationCheckpoints,
+    LossCurve,
+    ResumeCheckpoint,
+    finite_or_none,
+)
 from convirt.engine.module import ObjectiveBuilder
 from convirt.errors import CheckpointError, ConfigError, OutputError, TrainingError
 from convirt.fileio import (
@@ -78,6 +85,7 @@ RESUME_MAY_CHANGE = (
     "train.resume",
     "train.max_evals",  # train longer (or stop earlier)
     "train.checkpoint_every_steps",
+    "train.keep_checkpoints",  # every_eval from here on (earlier evaluations have none)
     "train.max_nonfinite_steps",
     "train.log_every_steps",
     "train.progress_bar",
@@ -277,6 +285,8 @@ def build_trainer(
         last,
         LossCurve(output_dir / "logs", output_dir / "loss_curve.png", loss_name),
     ]
+    if t.keep_checkpoints == "every_eval":
+        callbacks.append(EvaluationCheckpoints(checkpoint_dir))
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_steps))))
     loggers: list = [CSVLogger(save_dir=str(output_dir), name="logs")]

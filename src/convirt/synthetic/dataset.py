@@ -7,6 +7,7 @@
     OUT/labels.csv               a labelled manifest (convirt.data.labelled): image | patient_id | study_id | split |
                                  one 0/1 column per CheXpert 8x200 category | category | findings (details)
     OUT/labels.csv.task.json     its task side-car (multilabel, mean AUC)
+    OUT/text_queries.csv         five text queries per category (label,text: a prompt file; convirt.synthetic.queries)
     OUT/synthetic.json           settings, counts per category, seconds, pairs/s
 
 Each study is drawn from its own generator ``default_rng([seed, index])``, so the output does not depend on the
@@ -32,6 +33,7 @@ from PIL import Image
 
 from convirt.errors import ConfigError
 from convirt.fileio import atomic_write_json, atomic_write_text
+from convirt.synthetic.queries import text_queries_csv
 from convirt.synthetic.render import (
     CARDIOMEGALY_CTR,
     CATEGORIES,
@@ -230,6 +232,7 @@ def generate_dataset(
         "notes": "convirt synthetic chest radiographs; labels are the generator's ground truth",
     }
     atomic_write_json(out / "labels.csv.task.json", task)
+    atomic_write_text(out / "text_queries.csv", text_queries_csv())
     seconds = time.perf_counter() - started
     counts = {c: int(frame[c].sum()) for c in CATEGORIES}
     summary = SyntheticDataset(out, size, seed, image_size, seconds, counts)

@@ -5,15 +5,23 @@
 >>> runs = evaluate_classification(manifest, ["random:resnet18", "runs/x/checkpoints/best.ckpt"], settings, "out/")
 
 Writes into the output folder: ``runs.csv`` (one row per encoder x fraction x seed, rewritten after every run),
-``summary.md`` (Table 1 layout, mean ± std over seeds, the paper's numbers beside ours for the paper's datasets),
-``metrics.json`` (settings, dataset, encoders, summary and runs), ``roc/<encoder>-<fraction>.png`` (test ROC
-curves of every seed) and ``manifest.csv`` (+ ``.task.json``: the exact labelled manifest, splits included).
-With ``save_encoders`` (fine-tuning), each run's fine-tuned encoder is written as an export folder.
+``predictions/<run_key>.npy`` (each run's test probabilities), ``summary.md`` (Table 1 layout, mean ± std over
+seeds, the paper's numbers beside ours for the paper's datasets), ``metrics.json`` (settings, dataset, encoders,
+summary and runs), ``roc/<encoder>-<fraction>.png`` (test ROC curves of every seed) and ``manifest.csv`` (+
+``.task.json``: the exact labelled manifest, splits included). With ``save_encoders`` (fine-tuning), each run's
+fine-tuned encoder is written as an export folder.
+
+**Resumable, run by run.** Each run has a ``run_key``: a hash of everything its result depends on (the settings
+except the list of fractions and seeds, the labelled data with its splits, the encoder's weight fingerprint, the
+fraction and the seed). A run whose key is already in the output's ``runs.csv``, with its predictions file, is
+reused instead of trained again, so a killed evaluation continues where it stopped, and adding an encoder or a
+fraction to a finished evaluation trains only the new runs. Rows of other settings are dropped from ``runs.csv``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import platform
 import sys
@@ -46,7 +54,7 @@ from convirt.evaluation.classification.report import (
 )
 from convirt.evaluation.classification.subsets import label_fraction_subset
 from convirt.evaluation.classification.training import EvalSplit, Recipe, RunOutcome
-from convirt.fileio import atomic_write_json, atomic_write_text
+from convirt.fileio import atomic_open, atomic_write_json, atomic_write_text
 from convirt.models.image import ImageEncoder
 from convirt.runtime import bf16_supported, default_device
 
@@ -152,6 +160,46 @@ def _subset_id(indices: np.ndarray) -> str:
     return hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:10]
 
 
+def dataset_key(manifest: LabelledManifest) -> str:
+    """A hash of the labelled data a run depends on: task, images, splits and targets."""
+    digest = hashlib.sha1(json.dumps(manifest.task.to_dict(), sort_keys=True).encode())
+    for column in (manifest.images, manifest.splits):
+        digest.update("\0".join(str(x) for x in column).encode())
+    digest.update(np.ascontiguousarray(manifest.targets, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_key(settings: ClassificationSettings, device: torch.device, fast: bool, data: str, fingerprint: str,
+            fraction: float, seed: int) -> str:  # fmt: skip
+    """The identity of one run's result (see the module docstring): equal keys give equal results."""
+    varying = {k: v for k, v in settings.to_dict().items() if k not in ("fractions", "seeds", "workers", "cache_dir",
+                                                                          "device", "fast")}  # fmt: skip
+    identity = {"settings": varying, "device": device.type, "fast": fast, "data": data, "encoder": fingerprint,
+                "fraction": float(fraction), "seed": int(seed)}  # fmt: skip
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished_runs(out: Path | None) -> dict[str, tuple[dict, np.ndarray]]:
+    """The runs of an earlier (possibly killed) evaluation into ``out``: run_key -> (record, test probabilities)."""
+    if out is None or not (out / "runs.csv").is_file():
+        return {}
+    try:
+        frame = pd.read_csv(out / "runs.csv", dtype={"run_key": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return {}
+    finished = {}
+    for record in frame.to_dict(orient="records") if "run_key" in frame.columns else []:
+        file = out / "predictions" / f"{record['run_key']}.npy"
+        if file.is_file():
+            finished[str(record["run_key"])] = (record, np.load(file, allow_pickle=False))
+    return finished
+
+
+def _save_predictions(out: Path, key: str, probabilities: np.ndarray) -> None:
+    with atomic_open(out / "predictions" / f"{key}.npy", "wb", encoding=None) as handle:
+        np.save(handle, np.asarray(probabilities), allow_pickle=False)
+
+
 def _curves(task, split: EvalSplit, probabilities: np.ndarray) -> dict:
     targets = split.targets
     if split.groups is not None:
@@ -191,9 +239,11 @@ def evaluate_classification(
     fast = settings.fast and bf16_supported(device)
     out = Path(output_dir) if output_dir is not None else None
     cache_dir = settings.cache_dir or (str(out / "features") if out is not None else None)
+    finished = _finished_runs(out)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_labelled_manifest(manifest, out / "manifest.csv")
+    data = dataset_key(manifest)
     splits = {name: _split(manifest, name) for name in ("train", "val", "test")}
     groups = {name: scoring_groups(part) for name, part in splits.items()}
     subset_groups = groups["train"]
@@ -238,6 +288,16 @@ def evaluate_classification(
         val_split, test_split = evaluation_split("val"), evaluation_split("test")
         for fraction in settings.fractions:
             for seed in settings.seeds:
+                key = run_key(settings, device, fast, data, fingerprint, fraction, seed)
+                if key in finished:
+                    record, probabilities = finished[key]
+                    record = {**record, "encoder": choice.name, "init": choice.init}
+                    records.append(record)
+                    curves.setdefault((choice.name, fraction), []).append(
+                        (seed, _curves(task, test_split, probabilities))
+                    )
+                    log(f"{choice.name} {fraction_label(fraction)} seed {seed}: finished earlier (runs.csv), reused")
+                    continue
                 indices = label_fraction_subset(task, splits["train"].targets, fraction, seed, subset_groups)
                 train_split = evaluation_split("train", indices)
                 outcome = _run_one(task, choice, encoder, settings, train_split, val_split, test_split, seed, device,
@@ -247,18 +307,20 @@ def evaluate_classification(
                 if settings.save_encoders:
                     record["saved_encoder"] = _save_encoder(task, choice, settings, fraction, seed, record, outcome)
                     log(f"{choice.name} {fraction_label(fraction)} seed {seed}: saved {record['saved_encoder']}")
+                record["run_key"] = key
                 outcome.encoder = None
                 records.append(record)
                 curves.setdefault((choice.name, fraction), []).append(
                     (seed, _curves(task, test_split, outcome.test_probabilities))
                 )
+                if out is not None:
+                    _save_predictions(out, key, outcome.test_probabilities)
+                    _write_runs(pd.DataFrame(records), out / "runs.csv")
                 log(
                     f"{choice.name} {fraction_label(fraction)} seed {seed}: n_train {len(train_split)}, "
                     f"val {outcome.val.value:.4f}, test {task.metric} {outcome.test.value:.4f} "
                     f"(best epoch {outcome.best_epoch}/{outcome.epochs}, {outcome.seconds:.1f} s)"
                 )
-                if out is not None:
-                    _write_runs(pd.DataFrame(records), out / "runs.csv")
     runs = pd.DataFrame(records)
     if out is not None:
         write_outputs(out, runs, curves, manifest, settings, encoder_info, command)
