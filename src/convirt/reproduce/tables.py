@@ -123,8 +123,11 @@ def _retrieval_value(frame: pd.DataFrame | None, label: str, task: str, space: s
     if frame is None:
         return "pending"
     rows = frame[(frame["encoder"] == label) & (frame["task"] == task) & (frame["k"] == k)]
-    if task == "image_image" and not rows.empty:  # image-only encoders have h_v alone
-        rows = rows[rows["space"] == space] if (rows["space"] == space).any() else rows[rows["space"] == "h_v"]
+    if task == "image_image" and not rows.empty:  # image-only encoders have h_v alone; the class prior no space
+        for wanted in (space, "h_v"):
+            if (rows["space"] == wanted).any():
+                rows = rows[rows["space"] == wanted]
+                break
     if rows.empty:
         return "not run"
     return Value(float(rows["precision_percent"].iloc[0]))
