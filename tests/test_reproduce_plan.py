@@ -19,7 +19,7 @@ from convirt.errors import ConfigError
 from convirt.evaluation.trajectory import correlations, validation_losses
 from convirt.reproduce import build_stages, load_plan, render, run_plan, stage_status
 from convirt.reproduce.grid import expand_grid, parse_grid
-from convirt.reproduce.stages import record_file, write_record
+from convirt.reproduce.stages import INIT_NAMES, record_file, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -176,11 +176,14 @@ def test_a_stage_whose_inputs_are_not_done_is_refused(tmp_path, capsys):
 
 
 # -------------------------------------------------------------------------------------------------------- tables
-def _write_classify(folder: Path, rows: list[tuple[str, float, int, float]]) -> None:
+def _write_classify(folder: Path, rows: list[tuple[str, float, int, float]], kinds: dict | None = None) -> None:
+    """runs.csv as the stages' classifications write it: each encoder named as in the tables, ``kinds`` the init
+    column where it is not the row's own (an ImageNet row given as NAME=FILE is ``custom``)."""
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(
-        [{"encoder": init, "init": init, "fraction": f, "seed": s, "test": t, "n_train": 10} for init, f, s, t in rows]
-    )
+        [{"encoder": INIT_NAMES[init], "init": (kinds or {}).get(init, init), "fraction": f, "seed": s, "test": t,
+          "n_train": 10} for init, f, s, t in rows]
+    )  # fmt: skip
     frame.to_csv(folder / "runs.csv", index=False)
     (folder / "metrics.json").write_text("{}")
 
@@ -222,6 +225,21 @@ def test_tables_put_ours_beside_the_papers_and_merge_pretraining_replicates(tmp_
                                                                                     2, 42.9)  # fmt: skip
     assert "## Table 1 (a): linear classification" in text and "| ConVIRT | no data (90.7) |" in text
     assert "Not run (the plan's evaluation.protocols do not include finetune)." in text
+
+
+def test_tables_read_an_imagenet_row_given_as_a_file_and_the_class_prior(tmp_path):
+    plan = synthetic_plan(tmp_path, "evaluation.protocols=[linear]", "baselines=[random, imagenet]")
+    graph = build_stages(plan)
+    out = tmp_path / "out"
+    assert "--encoder mobilenet_v2=" in graph["classify-synthetic-linear"].command  # builtin:imagenet: a file
+    _write_classify(out / "classify/synthetic-linear", [("imagenet", 0.01, 0, 0.74), ("imagenet", 0.01, 1, 0.76)],
+                    kinds={"imagenet": "custom"})  # fmt: skip
+    prior = {("random (class prior)", "image_image", "", k): 12.2 for k in (5, 10, 50)}  # no space: empty in the CSV
+    prior |= {("random (class prior)", "text_image", "", k): 12.5 for k in (5, 10, 50)}
+    _write_retrieval(out / "retrieval/synthetic", prior)
+    text, _ = render(graph)
+    assert "| ImageNet Init. | 75.0 ± 1.4 | not run | not run |" in text
+    assert "| Random | 12.2 (12.5) | 12.2 (12.5) | 12.2 (12.5) | 12.5 (12.5) | 12.5 (12.5) | 12.5 (12.5) |" in text
 
 
 # ------------------------------------------------------------------------------------------------------ figure 4

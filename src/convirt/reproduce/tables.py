@@ -112,7 +112,8 @@ def _summary(folder: Path) -> pd.DataFrame | None:
 def _classification_value(summary: pd.DataFrame | None, init: str, fraction: float) -> Value | str:
     if summary is None:
         return "pending"
-    rows = summary[(summary["init"] == init) & np.isclose(summary["fraction"], fraction)]
+    # by the name the stages give each encoder: an ImageNet row given as NAME=FILE is classified as init "custom"
+    rows = summary[(summary["encoder"] == INIT_NAMES[init]) & np.isclose(summary["fraction"], fraction)]
     if rows.empty:
         return "not run"
     row = rows.iloc[0]
@@ -123,11 +124,10 @@ def _retrieval_value(frame: pd.DataFrame | None, label: str, task: str, space: s
     if frame is None:
         return "pending"
     rows = frame[(frame["encoder"] == label) & (frame["task"] == task) & (frame["k"] == k)]
-    if task == "image_image" and not rows.empty:  # image-only encoders have h_v alone; the class prior no space
-        for wanted in (space, "h_v"):
-            if (rows["space"] == wanted).any():
-                rows = rows[rows["space"] == wanted]
-                break
+    for wanted in (space, "h_v") if task == "image_image" else ():  # image-only encoders have h_v alone,
+        if (rows["space"] == wanted).any():  # the class prior no space at all
+            rows = rows[rows["space"] == wanted]
+            break
     if rows.empty:
         return "not run"
     return Value(float(rows["precision_percent"].iloc[0]))
