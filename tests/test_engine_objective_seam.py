@@ -209,6 +209,12 @@ def test_the_engine_trains_an_objective_it_is_handed(tmp_path: Path, monkeypatch
     assert module.model.image_encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert checkpoint["convirt"] == {"format_version": 1, "config": config.to_dict()}
-    assert set(checkpoint["convirt_state"]) == {"plateau", "rng_per_rank", "evaluations", "skipped_images", "nonfinite_steps"}
+    assert set(checkpoint["convirt_state"]) == {
+        "plateau",
+        "rng_per_rank",
+        "evaluations",
+        "skipped_images",
+        "nonfinite_steps",
+    }
     assert checkpoint["convirt_state"]["evaluations"] == 2
     assert {k.split(".")[1] for k in checkpoint["state_dict"]} == {"image_encoder", "head"}
