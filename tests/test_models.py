@@ -188,7 +188,7 @@ def test_hub_name_without_network_says_how_to_pass_a_folder(monkeypatch: pytest.
 
 
 def test_missing_local_text_folder(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(ModelLoadError, match="no such folder"):
         create_text_encoder(str(tmp_path / "missing-bert"))
 
 
