@@ -34,8 +34,10 @@ def read_runs(runs: Path) -> pd.DataFrame:
     frames = []
     for path in sorted(runs.glob("classify-*/runs.csv")):
         frame = pd.read_csv(path)
-        # classify-kermany-finetune-{1,10}-{baselines,convirt}: one experiment, run as four commands
-        frame["experiment"] = re.sub(r"(-(1|10))?-(baselines|convirt)$", "", path.parent.name.removeprefix("classify-"))
+        # classify-kermany-finetune-{1,10}-{convirt,imagenet,random}: one experiment, run as six commands
+        frame["experiment"] = re.sub(
+            r"(-(1|10))?-(convirt|imagenet|random)$", "", path.parent.name.removeprefix("classify-")
+        )
         frames.append(frame)
     if not frames:
         raise SystemExit(f"no classify-*/runs.csv under {runs}")
@@ -43,6 +45,11 @@ def read_runs(runs: Path) -> pd.DataFrame:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sample std over seeds per encoder, plus one row pooling all ConVIRT pretraining seeds' runs."""
+    convirt = frame[frame["encoder"].map(encoder_family) == "ConVIRT"]
+    seeds = convirt.groupby(["experiment", "protocol"])["encoder"].transform("nunique")
+    pooled = convirt[seeds > 1].assign(encoder=lambda f: "ConVIRT, pretraining seeds pooled")
+    frame = pd.concat([frame, pooled], ignore_index=True)
     grouped = frame.groupby(["experiment", "protocol", "encoder", "fraction"])["test"]
     table = grouped.agg(mean="mean", std=lambda s: s.std(ddof=1), n="count").reset_index()
     table["cell"] = [

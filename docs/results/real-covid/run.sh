@@ -13,8 +13,9 @@ DATA=${DATA:-data/covid-real}
 SEEDS=${SEEDS:-0 1 2}          # pretraining seeds (train.seed)
 THREADS=${THREADS:-1}          # torch threads per process (1: best on a CPU shared with other work)
 SIZE=128                       # evaluation input size = the recipe's pretraining view size
-STAGES=${STAGES:-prepare tasks pretrain kermany-linear kermany-finetune-baselines-1 kermany-finetune-convirt-1
-  kermany-finetune-baselines-10 kermany-finetune-convirt-10 covidx-like shortcut zeroshot figures}
+STAGES=${STAGES:-prepare tasks pretrain kermany-linear kermany-finetune-1-convirt kermany-finetune-1-imagenet
+  kermany-finetune-1-random kermany-finetune-10-convirt kermany-finetune-10-imagenet kermany-finetune-10-random
+  covidx-like shortcut zeroshot figures}
 export OMP_NUM_THREADS=$THREADS
 QUERIES=(--prompts "$SHARED/convirt-retrieval/text_query.csv" --prompt-map "NORMAL=No Finding"
   --prompt-map PNEUMONIA=Pneumonia)
@@ -41,7 +42,9 @@ ENCODERS=()
 for seed in $SEEDS; do
   ENCODERS+=(--encoder "$RUNS/pretrain-seed$seed/checkpoints/best.ckpt" --name "ConVIRT seed $seed")
 done
-BASELINES=(--encoder "mobilenet_v2=$IMAGENET" --name "ImageNet init" --encoder random:mobilenet_v2 --name "random init")
+IMAGENET_INIT=(--encoder "mobilenet_v2=$IMAGENET" --name "ImageNet init")
+RANDOM_INIT=(--encoder random:mobilenet_v2 --name "random init")
+BASELINES=("${IMAGENET_INIT[@]}" "${RANDOM_INIT[@]}")
 KERMANY=(--dataset "imagefolder:$SHARED/kermany-pneumonia" --image-size $SIZE --threads "$THREADS"
   --cache-dir "$RUNS/features")
 
@@ -49,22 +52,26 @@ if want kermany-linear; then
   timed kermany-linear convirt evaluate classify "${KERMANY[@]}" "${ENCODERS[@]}" "${BASELINES[@]}" \
     --protocol linear --fractions 0.01,0.1,1 --seeds 5 --standardize --output "$RUNS/classify-kermany-linear"
 fi
-# Fine-tuning, 3 seeds: the 1 % runs stop by themselves (10 epochs without improvement, ~35 epochs); the 10 % runs
-# are capped at 20 epochs (an epoch costs ~5x more; CPU time). ConVIRT: the first pretraining seed's encoder.
+# Fine-tuning, FT_SEEDS seeds (default 3: seeds 0..FT_SEEDS-1), one command per encoder (ConVIRT = the first
+# pretraining seed's encoder), so a finished command is a finished row. The 1 % runs stop by themselves (10 epochs
+# without improvement); the 10 % runs are capped at 20 epochs (an epoch costs ~5x more; CPU time).
 first=${SEEDS%% *}
-finetune() {  # finetune PERCENT WHO FLAGS...: one fine-tuning command
+FT_SEEDS=${FT_SEEDS:-3}
+finetune() {  # finetune PERCENT WHO FLAGS...: one fine-tuning command (stage kermany-finetune-PERCENT-WHO)
   local percent=$1 who=$2
   shift 2
-  want "kermany-finetune-$who-$percent" || return 0
-  timed "kermany-finetune-$who-$percent" convirt evaluate classify "${KERMANY[@]}" "$@" --protocol finetune \
-    --seeds 3 --output "$RUNS/classify-kermany-finetune-$percent-$who"
+  want "kermany-finetune-$percent-$who" || return 0
+  timed "kermany-finetune-$percent-$who" convirt evaluate classify "${KERMANY[@]}" "$@" --protocol finetune \
+    --seeds "$FT_SEEDS" --output "$RUNS/classify-kermany-finetune-$percent-$who"
 }
-finetune 1 baselines "${BASELINES[@]}" --fractions 0.01
-finetune 1 convirt --encoder "$RUNS/pretrain-seed$first/checkpoints/best.ckpt" --name "ConVIRT seed $first" \
-  --fractions 0.01
-finetune 10 baselines "${BASELINES[@]}" --fractions 0.1 --max-epochs 20
-finetune 10 convirt --encoder "$RUNS/pretrain-seed$first/checkpoints/best.ckpt" --name "ConVIRT seed $first" \
-  --fractions 0.1 --max-epochs 20
+for percent in 1 10; do
+  fraction=(--fractions 0.01)
+  [ $percent = 10 ] && fraction=(--fractions 0.1 --max-epochs 20)
+  finetune $percent convirt --encoder "$RUNS/pretrain-seed$first/checkpoints/best.ckpt" --name "ConVIRT seed $first" \
+    "${fraction[@]}"
+  finetune $percent imagenet "${IMAGENET_INIT[@]}" "${fraction[@]}"
+  finetune $percent random "${RANDOM_INIT[@]}" "${fraction[@]}"
+done
 if want covidx-like; then  # lr 1e-3: the paper's COVIDx learning rate
   timed covidx-like convirt evaluate classify --dataset "manifest:$RUNS/tasks/covidx-like.csv" --image-size $SIZE \
     --threads "$THREADS" --cache-dir "$RUNS/features" "${ENCODERS[@]}" "${BASELINES[@]}" --lr 1e-3 \
