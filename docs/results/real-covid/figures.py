@@ -88,6 +88,7 @@ def data_efficiency(frame: pd.DataFrame, prefix: str, path: Path) -> None:
             axis.errorbar(x, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o", capsize=3,
                           color=COLORS.get(family), label=label)  # fmt: skip
         axis.set_xscale("log")
+        axis.set_xlim(0.7, 140)  # keep the 1 % and 100 % points (offset for the error bars) inside the panel
         axis.set_xticks([1, 10, 100], ["1 %", "10 %", "100 %"])
         axis.set_xlabel("labelled training images (fraction)")
         axis.set_ylabel("test AUC (%)")
