@@ -199,6 +199,60 @@ def test_finetune_warmup_leaves_conv_weights_alone(tiny, monkeypatch):
     assert not torch.equal(seen["head"], head_init)
 
 
+def test_finetune_warmup_on_features_computed_once_equals_the_literal_warmup(tiny, monkeypatch):
+    """The warm-up trains the head on features computed once; the literal recipe runs the frozen encoder on every
+    warm-up batch. Same batches (5 steps of 8 from 16 images: across an epoch boundary), same head, same dropout."""
+    from convirt.evaluation.classification.data import training_epochs
+    from convirt.evaluation.classification.features import prepare_batch
+    from convirt.evaluation.classification.finetune import WARMUP_EPOCH_OFFSET
+    from convirt.evaluation.classification.training import LinearHead
+
+    splits, encoder = tiny
+    paths, labels = splits["train"]
+    train = EvalSplit(labels[:16], None, paths[:16])
+    val = EvalSplit(splits["val"][1], None, splits["val"][0])
+    recipe = Recipe(lr=0.0, batch_size=8, max_epochs=1, warmup_steps=5)
+    module = importlib.import_module("convirt.evaluation.classification.finetune")
+    seen, original_fit = {}, module.fit
+
+    def spying_fit(task, model, *args, **kwargs):  # called right after the warm-up
+        seen["head"] = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+        seen["encoder_calls"] = calls[0]
+        return original_fit(task, model, *args, **kwargs)
+
+    calls = [0]
+    # finetune trains a deep copy of the encoder, which carries this hook: it counts the copy's forward passes
+    handle = encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    monkeypatch.setattr(module, "fit", spying_fit)
+    try:
+        finetune(BINARY, encoder, train, val, val, recipe, seed=3, image_size=32, fast=False)
+    finally:
+        handle.remove()
+    assert seen["encoder_calls"] == 2  # 16 images in batches of 8, once; the literal warm-up runs 5 batches
+
+    torch.manual_seed(3)  # the literal warm-up, as the paper describes it
+    head = LinearHead(encoder.feature_dim, 1, recipe.dropout)
+    initial = head.linear.weight.detach().clone()
+    optimizer = torch.optim.Adam(head.parameters(), lr=recipe.warmup_lr, weight_decay=recipe.weight_decay)
+    targets = torch.as_tensor(train.targets, dtype=torch.float32)
+    steps, round_ = 0, 0
+    while steps < recipe.warmup_steps:
+        for images, positions in training_epochs(train, 8, 3, 32)(WARMUP_EPOCH_OFFSET + round_):
+            with torch.no_grad():
+                features = encoder(prepare_batch(images, "cpu", False))
+            loss = task_loss(BINARY, head(features), targets[positions])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if steps == recipe.warmup_steps:
+                break
+        round_ += 1
+    for key, value in head.state_dict().items():
+        torch.testing.assert_close(seen["head"][key], value, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(seen["head"]["linear.weight"], initial)
+
+
 def test_encode_images_matches_manual_forward(tiny):
     splits, encoder = tiny
     from convirt.data.images import load_image

@@ -68,3 +68,9 @@ def test_overrides_are_typed() -> None:
 def test_mistakes_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)  # unknown keys or wrongly typed values would raise ConfigError naming them
+    assert config.max_steps > 0 and config.data.batch_size > 0

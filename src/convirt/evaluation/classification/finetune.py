@@ -2,11 +2,12 @@
 
 Warm-up: the encoder is frozen and kept in eval mode (its BatchNorm statistics do not move), only the head
 trains, for ``Recipe.warmup_steps`` steps at ``Recipe.warmup_lr`` (batches drawn as in the epochs, continuing
-across epoch boundaries if the training set is small). Then the encoder is unfrozen and a fresh Adam optimiser at
-the task's lr trains encoder + head with the shared epoch loop (validation each epoch, plateau halving, early
-stop, best checkpoint). With ``fast`` the forward passes run under bf16 autocast with channels_last (weights
-and optimiser state stay float32). The caller's encoder is not modified (each run trains a deep copy); the
-fine-tuned copy, at its best-validation weights, is returned in ``RunOutcome.encoder`` (on the CPU).
+across epoch boundaries if the training set is small), on the training images' features computed once (the
+frozen encoder gives every unaugmented image the same feature at every step). Then the encoder is unfrozen and a
+fresh Adam optimiser at the task's lr trains encoder + head with the shared epoch loop (validation each epoch,
+plateau halving, early stop, best checkpoint). With ``fast`` the forward passes run under bf16 autocast with
+channels_last (weights and optimiser state stay float32). The caller's encoder is not modified (each run trains a
+deep copy); the fine-tuned copy, at its best-validation weights, is returned in ``RunOutcome.encoder`` (on the CPU).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from convirt.data.labelled import LabelledTask
 from convirt.encoders.embedders import to_device
-from convirt.evaluation.classification.data import evaluation_pass, training_epochs
+from convirt.evaluation.classification.data import epoch_batches, evaluation_pass, training_epochs
 from convirt.evaluation.classification.linear import _finish
 from convirt.evaluation.classification.training import (
     EvalSplit,
@@ -83,17 +84,23 @@ def finetune(
 
         batches_for = training_epochs(train, recipe.batch_size, seed, image_size, workers)
 
-        # 1. head-only warm-up
+        # 1. head-only warm-up. The frozen eval-mode encoder maps each (unaugmented) training image to the same
+        # feature at every step, so the features are computed once and the head trains on the warm-up's batches
+        # of them: the same steps as running the encoder on every batch, without repeating its forward passes.
         encoder.requires_grad_(False)
         encoder.eval()
         head.train()
         warmup = torch.optim.Adam(head.parameters(), lr=recipe.warmup_lr, weight_decay=recipe.weight_decay)
         steps, round_ = 0, 0
+        if recipe.warmup_steps > 0:
+            with torch.no_grad(), autocast():
+                parts = [encoder(to_device(images, device, fast)).float() for images, _ in
+                         evaluation_pass(train, recipe.batch_size, image_size, workers)()]  # fmt: skip
+            train_features = torch.cat(parts)
         while steps < recipe.warmup_steps:
-            for images, positions in batches_for(WARMUP_EPOCH_OFFSET + round_):
-                with torch.no_grad(), autocast():
-                    features = encoder(to_device(images, device, fast))
-                loss = task_loss(task, head(features.float()), train_y[torch.as_tensor(positions)])
+            for positions in epoch_batches(len(train), recipe.batch_size, seed, WARMUP_EPOCH_OFFSET + round_):
+                rows = torch.as_tensor(positions)
+                loss = task_loss(task, head(train_features[rows]), train_y[rows])
                 warmup.zero_grad(set_to_none=True)
                 loss.backward()
                 warmup.step()
