@@ -202,8 +202,8 @@ def test_finetune_warmup_leaves_conv_weights_alone(tiny, monkeypatch):
 def test_finetune_warmup_on_features_computed_once_equals_the_literal_warmup(tiny, monkeypatch):
     """The warm-up trains the head on features computed once; the literal recipe runs the frozen encoder on every
     warm-up batch. Same batches (5 steps of 8 from 16 images: across an epoch boundary), same head, same dropout."""
+    from convirt.encoders.embedders import to_device
     from convirt.evaluation.classification.data import training_epochs
-    from convirt.evaluation.classification.features import prepare_batch
     from convirt.evaluation.classification.finetune import WARMUP_EPOCH_OFFSET
     from convirt.evaluation.classification.training import LinearHead
 
@@ -239,7 +239,7 @@ def test_finetune_warmup_on_features_computed_once_equals_the_literal_warmup(tin
     while steps < recipe.warmup_steps:
         for images, positions in training_epochs(train, 8, 3, 32)(WARMUP_EPOCH_OFFSET + round_):
             with torch.no_grad():
-                features = encoder(prepare_batch(images, "cpu", False))
+                features = encoder(to_device(images, "cpu", False))
             loss = task_loss(BINARY, head(features), targets[positions])
             optimizer.zero_grad()
             loss.backward()
