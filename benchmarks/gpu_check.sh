@@ -118,7 +118,7 @@ if [ "$DEVICE" = cuda ]; then
         THROUGHPUT=(--tiny --steps 2)
     fi
     run_logged throughput "$PYTHON" "$HERE/train_throughput.py" --device cuda --skip-loader --require-compile \
-        --variants fp32,fp32+cl,bf16+cl,fp16+cl,bf16+cl+compile,fp16+cl+compile "${THROUGHPUT[@]}"
+        --variants fp32,fp32+cl,bf16+cl,fp16+cl,bf16+cl+compile "${THROUGHPUT[@]}"
     grep -v '^  measured' "$LOGS/throughput.log" | grep -v '^W[0-9]' >>"$REPORT"
 else
     say "CUDA variants (fp32, bf16 and fp16 autocast, + channels_last, + compile): $NO_CUDA."
