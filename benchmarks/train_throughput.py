@@ -1,13 +1,21 @@
-"""Training throughput of the paper model, and DataLoader throughput of the paper augmentations.
+"""Training throughput of the paper model (eager and torch.compile), and DataLoader throughput of the paper
+augmentations.
 
     python benchmarks/train_throughput.py                 # CPU (or the GPU when one is visible)
-    python benchmarks/train_throughput.py --steps 5 --workers 0,1,2,4
+    python benchmarks/train_throughput.py --steps 5 --workers 0,1,2,4 --threads 1
+    python benchmarks/train_throughput.py --variants fp32+cl,fp32+cl+compile --skip-loader
 
 Model: ResNet50 at 224 px + a BERT-base-sized encoder (12 layers, 768 wide, random init, embeddings and the first
 6 layers frozen, max pooling), MLP heads to 512, batch 32, Adam; one full training step (forward, ConVIRT loss,
-backward, optimizer step) per measurement. Variants: fp32, fp32 + channels_last, bf16 autocast + channels_last
-(and fp16 autocast on CUDA). Data: the paper augmentation family on 256-px PNGs, collated and tokenised, at
-several worker counts. Prints a Markdown table; numbers depend on the machine and on what else runs on it.
+backward, optimizer step) per measurement. ``--tiny``: ResNet18 at 64 px + a 2-layer, 64-wide BERT, batch 4 (a
+smoke size for tests and ``benchmarks/gpu_check.sh`` on CPU). A variant is a precision (fp32, bf16 or fp16
+autocast) with ``+cl`` (channels_last image encoder and batch) and ``+compile`` (``nn.Module.compile()`` of the
+image and text encoders, as ``train.compile`` does; the compile time is spent in the warm-up step and reported
+apart). Default variants: fp32, fp32+cl, bf16+cl, fp32+cl+compile (and fp16+cl, bf16+cl+compile on CUDA). Data: the
+paper augmentation family on 256-px PNGs, collated and tokenised, at several worker counts.
+
+Prints Markdown tables: pairs/s from wall time and the CPU seconds (user + system, this process) per pair, which
+depend less on what else runs on the machine; numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,30 +40,54 @@ from convirt.losses import ConVIRTLoss
 from convirt.models import ConVIRT, create_image_encoder
 from convirt.models.text import TextEncoder
 from convirt.paths import offline_minilm_dir
-from convirt.runtime import bf16_supported, cpu_native_bf16
+from convirt.runtime import bf16_supported, compile_encoders, compile_unavailable, cpu_native_bf16
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def paper_sized_model() -> ConVIRT:
+def parse_variant(variant: str) -> tuple[torch.dtype | None, bool, bool]:
+    """``bf16+cl+compile`` -> (autocast dtype or None, channels_last, compile)."""
+    precision, *options = variant.split("+")
+    if precision not in PRECISIONS or not set(options) <= {"cl", "compile"}:
+        raise SystemExit(f"variant {variant!r}: use fp32|bf16|fp16, then +cl and/or +compile (e.g. bf16+cl+compile)")
+    return PRECISIONS[precision], "cl" in options, "compile" in options
+
+
+def build_model(tiny: bool) -> ConVIRT:
+    """The paper-sized model, or (``tiny``) ResNet18 + a 2-layer, 64-wide BERT."""
     from transformers import BertConfig, BertModel
 
+    if tiny:
+        bert = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+        text = TextEncoder(BertModel(bert, add_pooling_layer=False), freeze_layers=1, pooling="max")
+        return ConVIRT(create_image_encoder("resnet18", None), text, projection_dim=64).train()
     text = TextEncoder(BertModel(BertConfig(), add_pooling_layer=False), freeze_layers=6, pooling="max")
     return ConVIRT(create_image_encoder("resnet50", None), text, projection_dim=512).train()
 
 
-def time_training(device: torch.device, variant: str, batch: int, steps: int, tokens: int) -> float:
+@dataclass
+class Timing:
+    pairs_per_s: float  # from wall time
+    cpu_s_per_pair: float  # user + system seconds of this process (all its threads) per pair
+    warmup_s: float  # wall seconds of the first step (allocations, kernel selection; compilation with +compile)
+
+
+def time_training(device: torch.device, variant: str, batch: int, steps: int, tokens: int, image_size: int,
+                  tiny: bool = False) -> Timing:  # fmt: skip
+    dtype, channels_last, compile_ = parse_variant(variant)
     torch.manual_seed(0)
-    model = paper_sized_model().to(device)
-    channels_last = variant != "fp32"
+    model = build_model(tiny).to(device)
     if channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
-    dtype = {"bf16+cl": torch.bfloat16, "fp16+cl": torch.float16}.get(variant)
+    if compile_:
+        compile_encoders([model.image_encoder, model.text_encoder])  # as train.compile: after channels_last
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-6)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     loss_fn = ConVIRTLoss()
-    images = torch.randn(batch, 3, 224, 224, device=device)
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    ids = torch.randint(1000, 28000, (batch, tokens), device=device)
+    ids = torch.randint(1000, 28000 if not tiny else 20000, (batch, tokens), device=device)
     mask = torch.ones_like(ids)
 
     def step() -> None:
@@ -66,15 +99,20 @@ def time_training(device: torch.device, variant: str, batch: int, steps: int, to
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up (allocations, kernel selection)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     start = time.perf_counter()
+    step()  # warm-up (allocations, kernel selection, compilation)
+    synchronize()
+    warmup = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+    synchronize()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Timing(batch * steps / wall, cpu / (batch * steps), warmup)
 
 
 def make_image_folder(folder: Path, count: int) -> Path:
@@ -118,17 +156,34 @@ def time_loader(manifest: Path, workers: int, batch: int, batches: int) -> float
     return batch * batches / (time.perf_counter() - start)
 
 
+def default_variants(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["fp32", "fp32+cl", "bf16+cl", "fp16+cl", "bf16+cl+compile"]
+    return ["fp32", "fp32+cl", "bf16+cl", "fp32+cl+compile"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per variant")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=None, help="default 32 (--tiny: 4)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 224 (--tiny: 64)")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per sampled sentence")
+    parser.add_argument("--tiny", action="store_true", help="ResNet18 + a 2-layer BERT (smoke size)")
+    parser.add_argument("--variants", default=None, help="comma-separated, e.g. fp32,fp32+cl,fp32+cl+compile")
+    parser.add_argument("--require-compile", action="store_true", help="fail when torch.compile cannot run here")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to time")
     parser.add_argument("--loader-batches", type=int, default=8)
+    parser.add_argument("--loader-batch", type=int, default=32)
+    parser.add_argument("--loader-images", type=int, default=160, help="256-px PNGs the DataLoader reads")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-loader", action="store_true")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -138,22 +193,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     if not args.skip_train:
-        variants = ["fp32", "fp32+cl", "bf16+cl"] + (["fp16+cl"] if device.type == "cuda" else [])
-        results = {}
+        batch = args.batch or (4 if args.tiny else 32)
+        size = args.image_size or (64 if args.tiny else 224)
+        variants = args.variants.split(",") if args.variants else default_variants(device)
+        unavailable = compile_unavailable(device.type)
+        if unavailable and args.require_compile and any("compile" in v for v in variants):
+            raise SystemExit(f"--require-compile: {unavailable}")
+        results: dict[str, Timing | str] = {}
         for variant in variants:
-            results[variant] = time_training(device, variant, args.batch, args.steps, args.tokens)
-            print(f"  measured {variant}: {results[variant]:.2f} pairs/s", file=sys.stderr)
-        print(f"| training step, ResNet50@224 + BERT-base (6 frozen), batch {args.batch} | pairs/s | vs fp32 |")
-        print("|---|---:|---:|")
+            if parse_variant(variant)[2] and unavailable:
+                results[variant] = f"not run: {unavailable}"
+                continue
+            results[variant] = timing = time_training(device, variant, batch, args.steps, args.tokens, size, args.tiny)
+            print(f"  measured {variant}: {timing.pairs_per_s:.2f} pairs/s", file=sys.stderr)
+        model = f"ResNet18@{size} + BERT 2x64" if args.tiny else f"ResNet50@{size} + BERT-base (6 frozen)"
+        base = results.get(variants[0])
+        print(f"| training step, {model}, batch {batch}, {args.steps} steps | pairs/s | CPU s/pair "
+              f"| vs {variants[0]} (wall) | vs {variants[0]} (CPU) | first step s |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|")
         for variant, value in results.items():
-            print(f"| {variant} | {value:.2f} | {value / results['fp32']:.2f}x |")
+            if isinstance(value, str):
+                print(f"| {variant} | {value} | | | | |")
+                continue
+            wall = f"{value.pairs_per_s / base.pairs_per_s:.2f}x" if isinstance(base, Timing) else ""
+            cpu = f"{base.cpu_s_per_pair / value.cpu_s_per_pair:.2f}x" if isinstance(base, Timing) else ""
+            print(f"| {variant} | {value.pairs_per_s:.2f} | {value.cpu_s_per_pair:.3f} | {wall} | {cpu} "
+                  f"| {value.warmup_s:.1f} |")  # fmt: skip
         print()
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_image_folder(Path(tmp), 160)
-        print("| DataLoader, paper augmentations on 256-px PNG, batch 32 | images/s |")
-        print("|---|---:|")
-        for workers in [int(w) for w in args.workers.split(",")]:
-            print(f"| {workers} worker(s) | {time_loader(manifest, workers, 32, args.loader_batches):.1f} |")
+    if not args.skip_loader:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = make_image_folder(Path(tmp), args.loader_images)
+            print(f"| DataLoader, paper augmentations on 256-px PNG, batch {args.loader_batch} | views/s "
+                  "| views/s per worker |")  # fmt: skip
+            print("|---|---:|---:|")
+            for workers in [int(w) for w in args.workers.split(",")]:
+                rate = time_loader(manifest, workers, args.loader_batch, args.loader_batches)
+                label = f"{workers} worker(s)" if workers else "0 workers (main process)"
+                print(f"| {label} | {rate:.1f} | {rate / max(workers, 1):.1f} |")
     return 0
 
 

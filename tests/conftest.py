@@ -64,17 +64,23 @@ def imagenet_mobilenet_v2() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
     """A 4-layer, 32-wide random BERT with the MiniLM (bert-base-uncased) tokenizer: fast unit-test text tower."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
+
+
+def write_tiny_bert(folder: Path, minilm_dir: Path, layers: int = 4, **settings) -> Path:
+    """A random 32-wide BERT of ``layers`` layers (``settings``: other BertConfig values) with the MiniLM
+    tokenizer, saved in ``folder``."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        **settings,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

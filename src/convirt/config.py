@@ -101,6 +101,7 @@ class TrainConfig:
     resume: str = "auto"  # auto (resume from OUTPUT/checkpoints/last.ckpt if present) | never | a checkpoint path
     precision: str = "mixed"  # 32 | bf16-mixed | 16-mixed | mixed (bf16 where supported, else fp16 on GPU)
     channels_last: bool = True
+    compile: bool = False  # torch.compile of the image and text encoders (needs a C++ compiler on CPU, triton on GPU)
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: Any = "auto"  # number of devices per node, or a list of ids
     num_nodes: int = 1

@@ -57,3 +57,32 @@ def inference_context(device: torch.device | str, fast: bool = True) -> contextl
     if fast and bf16_supported(device):
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack
+
+
+def compile_unavailable(device_type: str) -> str | None:
+    """Why ``torch.compile`` (the default inductor backend) cannot run on ``device_type`` here, or None when it can.
+
+    Inductor generates C++ for CPUs (a C++ compiler must be on PATH: ``$CXX``, g++, clang++ or c++) and Triton
+    kernels for CUDA GPUs (the ``triton`` package).
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    if device_type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "torch.compile on CUDA needs the triton package (pip install triton)"
+        return None
+    compilers = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    if not any(name and shutil.which(name) for name in compilers):
+        return "torch.compile on CPU needs a C++ compiler on PATH (g++, clang++ or c++, or set CXX)"
+    return None
+
+
+def compile_encoders(encoders: list[torch.nn.Module]) -> None:
+    """``nn.Module.compile()`` of each encoder, in place: the forward passes run compiled (the first one compiles)
+    while the parameter names, and so the checkpoints and state dicts, stay those of the eager modules."""
+    for encoder in encoders:
+        encoder.compile()

@@ -9,7 +9,8 @@ everything that is not the objective's loss:
   ``lr_schedule`` to another and returns its per-step scheduler from :meth:`~ObjectiveModule.step_scheduler`
   (SimCLR: constant, MoCo v2: multistep);
 - the image batch and the image encoders in channels-last layout when ``train.channels_last``, decided in one
-  place (:meth:`~ObjectiveModule.image_batch`, :meth:`~ObjectiveModule.image_encoders`);
+  place (:meth:`~ObjectiveModule.image_batch`, :meth:`~ObjectiveModule.image_encoders`), and ``torch.compile`` of
+  the encoders when ``train.compile`` (:meth:`~ObjectiveModule.compiled_encoders`, in :meth:`on_fit_start`);
 - the validation loss, averaged over all validation pairs and processes, and the evaluation count;
 - the guard against a NaN or infinite loss (:meth:`~ObjectiveModule.training_step`, :func:`nonfinite_anywhere`):
   every process takes the same decision; the run stops with :class:`~convirt.errors.TrainingError` at the first
@@ -39,6 +40,7 @@ import torch.distributed as dist
 
 from convirt.config import Config
 from convirt.errors import TrainingError
+from convirt.runtime import compile_encoders
 from convirt.schedule import PlateauHalving
 
 log = logging.getLogger("convirt")
@@ -152,10 +154,17 @@ class ObjectiveModule(L.LightningModule):
         """A (N, C, H, W) batch in the layout of :meth:`image_encoders` (channels-last when train.channels_last)."""
         return images.contiguous(memory_format=torch.channels_last) if self.config.train.channels_last else images
 
+    def compiled_encoders(self) -> list[torch.nn.Module]:
+        """The encoders ``train.compile`` compiles: :meth:`image_encoders` and ``model.text_encoder`` if any."""
+        text = getattr(self.model, "text_encoder", None)
+        return self.image_encoders() + ([text] if isinstance(text, torch.nn.Module) else [])
+
     def on_fit_start(self) -> None:
         if self.config.train.channels_last:
             for encoder in self.image_encoders():
                 encoder.to(memory_format=torch.channels_last)
+        if self.config.train.compile:  # after the layout change, so the compiled graphs see channels-last weights
+            compile_encoders(self.compiled_encoders())
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def build_optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -57,7 +57,7 @@ from convirt.fileio import (
     load_torch_file,
     remove_stale_temp_files,
 )
-from convirt.runtime import bf16_supported
+from convirt.runtime import bf16_supported, compile_unavailable
 
 log = logging.getLogger("convirt")
 
@@ -90,6 +90,7 @@ RESUME_MAY_CHANGE = (
     "train.log_every_steps",
     "train.progress_bar",
     "train.tensorboard",
+    "train.compile",  # how the same computation runs
     "data.num_workers",
 )
 # What a checkpoint of another run (train.resume=PATH) must share with the config: what shapes its weights.
@@ -128,12 +129,17 @@ def quiet_framework() -> Iterator[None]:
 
 
 def resolve_accelerator(config: Config) -> str:
+    """``gpu`` or ``cpu`` (or another Lightning accelerator named by ``train.accelerator``); checks that
+    ``train.compile`` can run on it."""
     requested = config.train.accelerator
     if requested in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("train.accelerator=gpu but no CUDA GPU is visible; use train.accelerator=cpu")
-    if requested == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return requested
+    accelerator = ("gpu" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if config.train.compile:
+        reason = compile_unavailable("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+        if reason:
+            raise ConfigError(f"train.compile=true: {reason}; or set train.compile=false (eager, the default)")
+    return accelerator
 
 
 def resolve_precision(config: Config, accelerator: str) -> str:
