@@ -210,3 +210,14 @@ def test_a_killed_evaluation_resumes_run_by_run(tmp_path):
     evaluate_classification(manifest, ["random:resnet18"], settings((0.25,), lr=3e-4), out, log=messages.append)
     assert sum("best epoch" in m for m in messages) == 2 and not any("reused" in m for m in messages)
     assert len(pd.read_csv(out / "runs.csv")) == 2  # the rows of other settings are gone
+
+
+def test_seeds_option_is_a_count_or_a_list():
+    from convirt.cli.evaluate import _seeds
+
+    assert _seeds("5") == 5
+    assert _seeds("0,1,2") == [0, 1, 2]
+    assert _seeds("2,") == [2]  # one seed, e.g. adding seed 2 to a finished 2-seed evaluation
+    for bad in ("", ",", "0", "a,b"):
+        with pytest.raises(Exception, match="seeds: a count"):
+            _seeds(bad)

@@ -34,9 +34,9 @@ def read_runs(runs: Path) -> pd.DataFrame:
     frames = []
     for path in sorted(runs.glob("classify-*/runs.csv")):
         frame = pd.read_csv(path)
-        # classify-kermany-finetune-{1,10}-{convirt,imagenet,random}: one experiment, run as six commands
+        # classify-kermany-finetune-{1,10}-{convirt,imagenet,random}[-seedN]: one experiment, run as several commands
         frame["experiment"] = re.sub(
-            r"(-(1|10))?-(convirt|imagenet|random)$", "", path.parent.name.removeprefix("classify-")
+            r"(-(1|10))?-(convirt|imagenet|random)(-seed\d+)?$", "", path.parent.name.removeprefix("classify-")
         )
         frames.append(frame)
     if not frames:

@@ -45,9 +45,13 @@ def _fractions(text: str) -> list[float]:
 
 def _seeds(text: str) -> int | list[int]:
     try:
-        return [int(s) for s in text.split(",")] if "," in text else int(text)
+        # "0,1,2" or "2," (a list of one seed); a bare "5" is a count
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError("seeds: a count (5) or a list (0,1,2)") from exc
+        raise argparse.ArgumentTypeError("seeds: a count (5) or a list (0,1,2; one seed: 2,)") from exc
+    if seeds == [] or seeds == 0:
+        raise argparse.ArgumentTypeError("seeds: a count (5) or a list (0,1,2; one seed: 2,)")
+    return seeds
 
 
 def register(subparsers) -> None:
