@@ -55,14 +55,18 @@ fi
 # Fine-tuning, FT_SEEDS seeds (default 3: seeds 0..FT_SEEDS-1), one command per encoder (ConVIRT = the first
 # pretraining seed's encoder), so a finished command is a finished row. The 1 % runs stop by themselves (10 epochs
 # without improvement); the 10 % runs are capped at 20 epochs (an epoch costs ~5x more; CPU time).
+# FT_SEEDS may also be a list ("2,": seed 2 only); FT_SUFFIX is appended to the output folders (figures.py reads
+# classify-kermany-finetune-P-WHO-seedN folders as more seeds of the same experiment). The committed 1 % rows were
+# run as FT_SEEDS=2 (seeds 0, 1) and then FT_SEEDS=2, FT_SUFFIX=-seed2 (seed 2): the same runs as FT_SEEDS=3.
 first=${SEEDS%% *}
 FT_SEEDS=${FT_SEEDS:-3}
+FT_SUFFIX=${FT_SUFFIX:-}
 finetune() {  # finetune PERCENT WHO FLAGS...: one fine-tuning command (stage kermany-finetune-PERCENT-WHO)
   local percent=$1 who=$2
   shift 2
   want "kermany-finetune-$percent-$who" || return 0
-  timed "kermany-finetune-$percent-$who" convirt evaluate classify "${KERMANY[@]}" "$@" --protocol finetune \
-    --seeds "$FT_SEEDS" --output "$RUNS/classify-kermany-finetune-$percent-$who"
+  timed "kermany-finetune-$percent-$who$FT_SUFFIX" convirt evaluate classify "${KERMANY[@]}" "$@" \
+    --protocol finetune --seeds "$FT_SEEDS" --output "$RUNS/classify-kermany-finetune-$percent-$who$FT_SUFFIX"
 }
 for percent in 1 10; do
   fraction=(--fractions 0.01)
