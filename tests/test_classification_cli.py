@@ -221,3 +221,10 @@ def test_seeds_option_is_a_count_or_a_list():
     for bad in ("", ",", "0", "a,b"):
         with pytest.raises(Exception, match="seeds: a count"):
             _seeds(bad)
+    # the command written to the result files keeps a list of one seed a list
+    from convirt.cli import build_parser
+    from convirt.cli.evaluate import classify_command_line
+
+    for given, written in (("2,", "--seeds 2,"), ("0,1", "--seeds 0,1"), ("3", "--seeds 3")):
+        args = build_parser().parse_args(["evaluate", "classify", "--dataset", "imagefolder:x", "--seeds", given])
+        assert written in classify_command_line(args)

@@ -77,8 +77,14 @@ def test_quick_demo_writes_report_and_finite_metrics(tmp_path, minilm_dir, image
     for path, labels in zip(index.paths, index.labels):
         assert labels == [single[path]] or (single[path] == MULTIPLE and len(labels) == 2), (path, labels)
     assert metrics["explorer"] == {"index": "work/test-images.index.pt", "command": f"convirt serve {index_file}"}
-    last_line = capsys.readouterr().out.rstrip().splitlines()[-1]
-    assert last_line == f"explore the test images in a browser: convirt serve {index_file}"
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-1] == f"explore the test images in a browser: convirt serve {index_file}"
+    # the stage times, printed at the end and written to the report
+    stages = ("generate", "prepare", "pretrain", "evaluate", "index", "total")
+    assert set(metrics["timings_seconds"]) == set(stages)
+    printed = next(line for line in lines if line.startswith("demo: seconds per stage: "))
+    assert [part.split()[0] for part in printed.removeprefix("demo: seconds per stage: ").split(", ")] == list(stages)
+    assert "Seconds per stage: generate " in report
 
 
 def test_demo_without_the_offline_weights_package_stops_before_generating(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ class ModelConfig:
     text_encoder: str = "emilyalsentzer/Bio_ClinicalBERT"  # hub name or local folder (BERT family)
     text_weights: str = "pretrained"  # pretrained | random (keep the architecture, re-initialise)
     freeze_layers: int = 6  # embeddings + the first K transformer layers are frozen
+    frozen_text_cache: int = 0  # cache the frozen layers' output of up to N sentences (0: off; they lose dropout)
     pooling: str = "max"  # max | mean | cls (padding excluded for max and mean)
     projection_dim: int = 512  # d
     head: str = "mlp"  # mlp: W2 ReLU(W1 h) | linear
@@ -328,6 +329,7 @@ def validate_config(config: Config) -> None:
         "model.projection_dim": (m.projection_dim, 1),
         "model.head_hidden_dim": (m.head_hidden_dim, 1),
         "model.freeze_layers": (m.freeze_layers, 0),
+        "model.frozen_text_cache": (m.frozen_text_cache, 0),
         "model.max_length": (m.max_length, 1),
         "optim.weight_decay": (o.weight_decay, 0),
     }

@@ -163,6 +163,8 @@ def classify_command_line(args: argparse.Namespace) -> str:
         else:
             text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(
                 value, (list, tuple)) else str(value)  # fmt: skip
+            if action.dest == "seeds" and isinstance(value, list) and len(value) == 1:
+                text += ","  # a list of one seed, not a count
             words += [flag, shlex.quote(text)]
     return " ".join(words)
 

@@ -229,7 +229,8 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     from convirt.demo.report import write_report
 
     write_report(out, metrics, evaluation, settings)
-    log(f"demo: wrote {out / 'report.md'} and {out / 'metrics.json'} ({metrics['timings_seconds']['total']:.0f} s)")
+    log(f"demo: wrote {out / 'report.md'} and {out / 'metrics.json'}")
+    log("demo: seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["timings_seconds"].items()))
     return metrics
 
 

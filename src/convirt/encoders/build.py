@@ -36,7 +36,8 @@ def _encoders(
         raise type(exc)(f"model.image_weights={weights}: {exc}") from None
     if text_model is None:
         text_model = load_pretrained_text_model(m.text_encoder, random_init=m.text_weights == "random")
-    text_encoder = TextEncoder(text_model, freeze_layers=m.freeze_layers, pooling=m.pooling)  # type: ignore[arg-type]
+    text_encoder = TextEncoder(text_model, freeze_layers=m.freeze_layers, pooling=m.pooling,  # type: ignore[arg-type]
+                               frozen_cache=m.frozen_text_cache)  # fmt: skip
     return image_encoder, text_encoder
 
 

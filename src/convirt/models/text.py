@@ -7,11 +7,21 @@ is checked against the model's depth; pooling is ``max`` (padding excluded), ``m
 
 Frozen parameters have ``requires_grad=False``; everything above them trains. Because nothing below the frozen
 block needs a gradient, autograd keeps no activations for it, so freezing also saves memory and time.
+
+**Frozen-layer cache** (``frozen_cache > 0``, config ``model.frozen_text_cache``): the output of the frozen block
+(embeddings + the first ``freeze_layers`` layers) is computed once per distinct sentence and kept (up to
+``frozen_cache`` sentences, least recently used dropped first); each forward then runs only the trainable layers
+on the cached token vectors. The frozen block then runs **without dropout** (eval mode) and in fp32 with autocast
+off, one sentence at a time without padding, so its output is a pure function of the sentence and the weights
+(the same in every process and after a resume). That is the one change to the method: without the cache the
+frozen layers apply dropout in training mode like the rest of the model. Needs a BERT-style model
+(``embeddings`` + ``encoder.layer``) and right-padded batches (the default of BERT tokenizers).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
@@ -182,9 +192,15 @@ def embedding_module(model: nn.Module) -> nn.Module:
 
 
 class TextEncoder(nn.Module):
-    """BERT-family encoder + pooling; forward returns h_u (N, hidden_size)."""
+    """BERT-family encoder + pooling; forward returns h_u (N, hidden_size).
 
-    def __init__(self, model: nn.Module, freeze_layers: int = 6, pooling: Pooling = "max") -> None:
+    ``frozen_cache``: how many distinct sentences' frozen-block outputs to keep (0: no cache; see the module
+    docstring for what the cache changes).
+    """
+
+    def __init__(
+        self, model: nn.Module, freeze_layers: int = 6, pooling: Pooling = "max", frozen_cache: int = 0
+    ) -> None:
         super().__init__()
         if pooling not in ("max", "mean", "cls"):
             raise ConfigError(f"unknown text pooling {pooling!r}; use max, mean or cls")
@@ -199,6 +215,27 @@ class TextEncoder(nn.Module):
             )
         self.freeze_layers = freeze_layers
         self._freeze()
+        self.frozen_cache = int(frozen_cache)
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        if self.frozen_cache < 0:
+            raise ConfigError(f"model.frozen_text_cache must be at least 0, got {frozen_cache}")
+        if self.frozen_cache and freeze_layers == 0:
+            raise ConfigError(
+                "model.frozen_text_cache needs frozen layers: set model.freeze_layers >= 1, or the cache to 0"
+            )
+        if self.frozen_cache and not _bert_style(model):
+            raise ConfigError(
+                f"model.frozen_text_cache supports BERT-style text models (embeddings + encoder.layer), not "
+                f"{type(model).__name__}; set model.frozen_text_cache=0"
+            )
+        # weights loaded into the frozen block (a checkpoint, a resume) make every cached output stale
+        self._register_load_state_dict_pre_hook(self._clear_on_load)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _clear_on_load(self, *args, **kwargs) -> None:
+        self.clear_cache()
 
     def _freeze(self) -> None:
         for parameter in self.model.parameters():
@@ -219,9 +256,74 @@ class TextEncoder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if self.frozen_cache:
+            return pool_tokens(self._cached_forward(input_ids, attention_mask, token_type_ids), attention_mask,
+                               self.pooling)  # fmt: skip
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return pool_tokens(outputs.last_hidden_state, attention_mask, self.pooling)
+
+    def _frozen_output(self, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        """The frozen block's output (T, H) for one unpadded sentence, from the cache or computed (and kept)."""
+        key = (tuple(ids.tolist()), None if types is None else tuple(types.tolist()))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        frozen = [embedding_module(self.model), *transformer_layers(self.model)[: self.freeze_layers]]
+        modes = [m.training for m in frozen]
+        try:
+            for module in frozen:
+                module.eval()
+            with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+                extra = {} if types is None else {"token_type_ids": types[None]}
+                hidden = frozen[0](input_ids=ids[None], **extra)
+                for layer in frozen[1:]:
+                    hidden = _layer_output(layer(hidden))
+        finally:
+            for module, mode in zip(frozen, modes):
+                module.train(mode)
+        value = hidden[0].float()
+        self._cache[key] = value
+        if len(self._cache) > self.frozen_cache:
+            self._cache.popitem(last=False)
+        return value
+
+    def _cached_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Last hidden states (N, T, H): cached frozen-block outputs, padded, through the trainable layers."""
+        lengths = attention_mask.sum(dim=1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
+            raise ConfigError("model.frozen_text_cache needs right-padded batches (padding after the tokens)")
+        hidden = input_ids.new_zeros((*input_ids.shape, self.feature_dim), dtype=torch.float32)
+        for row, length in enumerate(lengths.tolist()):
+            types = None if token_type_ids is None else token_type_ids[row, :length]
+            hidden[row, :length] = self._frozen_output(input_ids[row, :length], types)
+        trainable = transformer_layers(self.model)[self.freeze_layers :]
+        if len(trainable):
+            from transformers.masking_utils import create_bidirectional_mask
+
+            mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden,
+                                             attention_mask=attention_mask)  # fmt: skip
+            for layer in trainable:
+                hidden = _layer_output(layer(hidden, mask))
+        return hidden
+
+
+def _layer_output(output) -> torch.Tensor:
+    """A transformer layer's hidden states (older transformers versions return a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _bert_style(model: nn.Module) -> bool:
+    try:
+        model.get_submodule("embeddings")
+        layers = model.get_submodule("encoder.layer")
+    except AttributeError:
+        return False
+    return isinstance(layers, nn.ModuleList)
 
 
 def create_text_encoder(
