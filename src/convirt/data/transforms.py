@@ -188,7 +188,15 @@ def pad_resize_transform(size: int = 224) -> v2.Compose:
     return v2.Compose([PadToSquare(), v2.Resize((size, size), antialias=True), ToModelInput()])
 
 
-def image_transforms(config: Config, train: bool = True) -> v2.Compose:
-    """The paper's augmentation family for training, a plain resize for validation/embedding."""
+def image_transforms(config: Config, train: bool = True) -> torch.nn.Module:
+    """The paper's augmentation family for training (rendered as ``data.augment.pipeline`` says: ``fused``, one
+    warp, :class:`convirt.data.views.FusedAugmentation`; ``torchvision``, :func:`paper_augmentation`), a plain
+    resize for validation/embedding."""
     params = AugmentationParams.from_config(config.data.augment)
-    return paper_augmentation(params) if train else resize_transform(params.output_size)
+    if not train:
+        return resize_transform(params.output_size)
+    if config.data.augment.pipeline == "fused":
+        from convirt.data.views import FusedAugmentation  # views builds on this module's reference pipeline
+
+        return FusedAugmentation(params)
+    return paper_augmentation(params)
