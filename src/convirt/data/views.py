@@ -10,20 +10,22 @@ time and on resampling twice (affine, then resize). This module splits a view in
    of the crop, scale), ``ColorJitter.make_params`` (brightness and contrast factors and their random order),
    one uniform draw of the blur sigma. The same seed therefore gives the same parameters as the reference.
 2. :func:`render_view` renders them: crop, flip, affine (about the crop's centre) and the final resize are one
-   2x3 matrix from output pixels to crop pixels, sampled once with ``grid_sample`` (bilinear, zeros outside the
-   crop: torchvision's fill 0) straight at the output size; brightness and contrast follow in the drawn order at
-   the output resolution; then the Gaussian blur, at the output resolution with sigma and kernel half-width
-   scaled by ``output_size / crop side`` along each axis (the reference blurs the crop, then resizes it: a
-   Gaussian of sigma s followed by a resize by r is a Gaussian of sigma s * r).
+   2x3 matrix from output pixels to crop pixels, sampled once with ``grid_sample`` (bilinear) straight at the
+   output size, with torchvision's ``fill=0`` border (zeros outside the crop, times the sampled all-ones mask);
+   brightness and contrast follow in the drawn order at the output resolution; then the Gaussian blur, at the
+   output resolution with sigma and kernel half-width scaled by ``output_size / crop side`` along each axis (the
+   reference blurs the crop, then resizes it: a Gaussian of sigma s followed by a resize by r is a Gaussian of
+   sigma s * r), as two small matrix products (one fixed shape whatever the crop, which is what makes it fast).
 
-Approximations, all small (``tests/test_fused_views.py`` bounds the pixel difference for the same parameters and
-compares the distribution of views): one bilinear resampling instead of two; contrast blends with the mean of the
-view at the output resolution, not of the crop (the same image resampled); clamping after brightness happens at
-the output resolution; a crop more than 1.5 times larger than the output along a side is first resized to the
-output size with antialiasing (as the reference's final ``Resize(antialias=True)``), so the warp never
-downsamples by more than 1.5 x 1.05 (the affine's smallest scale). The reference's uint8 steps are mirrored
-cheaply in float: the warp's output is rounded, brightness and contrast truncate (torchvision converts back to
-uint8 after each), so the mean intensity is not shifted by half a grey level per step.
+Approximations, all small (``tests/test_fused_views.py`` bounds the pixel difference for the same parameters, under
+one grey level on average, and compares the distribution of many views): one bilinear resampling instead of two;
+contrast blends with the mean of the view at the output resolution, not of the crop (the same image resampled);
+brightness clamps at the output resolution. A crop more than 1.5 times the output size along a side is first
+resized to the output size with antialiasing (as the reference's final ``Resize(antialias=True)``), so the warp
+never downsamples by more than 1.5 / 0.95 (the affine's smallest scale); the black border then ramps over one
+output pixel, as the reference's resize makes it. The reference's uint8 steps are mirrored cheaply in float: the
+warp's output is rounded, and brightness and contrast truncate (torchvision converts back to uint8 after each:
+without it the fused views would be about one grey level brighter on average).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop as _RRC
 
-from convirt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentationParams, paper_augmentation
+from convirt.data.transforms import AugmentationParams, ToModelInput, paper_augmentation
 
 # A crop larger than this many times the output size (along a side) is resized first, with antialiasing.
 MAX_WARP_DOWNSCALE = 1.5
@@ -132,13 +134,12 @@ def _sampling_grid(matrix: list[float], crop_w: int, crop_h: int, size: int) -> 
 
 def _fill_mask(grid: torch.Tensor, crop_w: int, crop_h: int) -> torch.Tensor:
     """torchvision's affine with ``fill=0`` multiplies the sample by the bilinear sample of an all-ones image of
-    the crop's size (zeros outside): separable, ``clamp(min(p + 0.5, side + 0.5 - p), 0, 1)`` along each axis at
-    the crop position p (pixel centres at i + 0.5); 1 inside, a linear ramp over the last pixel of the border."""
-    px = grid[..., 0].add(1).mul_(crop_w / 2)
-    py = grid[..., 1].add(1).mul_(crop_h / 2)
-    wx = torch.minimum(px, crop_w - px).add_(0.5).clamp_(0, 1)
-    wy = torch.minimum(py, crop_h - py).add_(0.5).clamp_(0, 1)
-    return wx.mul_(wy)
+    the crop's size (zeros outside): separable, ``clamp(min(p, side - p) + 0.5, 0, 1)`` along each axis at the
+    crop position p (pixel centres at i + 0.5): 1 inside, a linear ramp over the pixel at the border. With
+    ``g = 2 p / side - 1`` (the grid), ``min(p, side - p) = (1 - |g|) side / 2``."""
+    half = torch.tensor([crop_w / 2, crop_h / 2])
+    weights = grid.abs().mul_(-half).add_(half + 0.5).clamp_(0, 1)
+    return weights[..., 0] * weights[..., 1]
 
 
 def _blur_matrix(size: int, sigma: float, half: int) -> torch.Tensor:
@@ -148,12 +149,16 @@ def _blur_matrix(size: int, sigma: float, half: int) -> torch.Tensor:
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
     weights /= weights.sum()
-    rows = torch.arange(size).unsqueeze(1).expand(-1, offsets.numel())
-    columns = rows + offsets.to(torch.long)
-    columns = torch.where(columns < 0, -columns, columns)
-    columns = torch.where(columns > size - 1, 2 * (size - 1) - columns, columns)
-    matrix = torch.zeros(size, size)
-    matrix.index_put_((rows.reshape(-1), columns.reshape(-1)), weights.repeat(size), accumulate=True)
+    # The banded (Toeplitz) matrix over the padded signal: rows of length L + 1 holding the taps, read with
+    # length L, shift by one column per row.
+    padded = size + 2 * half
+    band = torch.zeros(size, padded + 1)
+    band[:, : 2 * half + 1] = weights
+    band = band.view(-1)[: size * padded].view(size, padded)
+    matrix = band[:, half : half + size].clone()
+    if half:  # reflect padding: padded column p < half is pixel half - p; past the end, mirrored likewise
+        matrix[:, 1 : half + 1] += band[:, :half].flip(1)
+        matrix[:, size - 1 - half : size - 1] += band[:, size + half :].flip(1)
     return matrix
 
 
@@ -201,14 +206,11 @@ class FusedAugmentation(torch.nn.Module):
         super().__init__()
         self.params = params or AugmentationParams()
         self.sampler = ViewSampler(self.params)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
-        self.register_buffer("shift", -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / std, persistent=False)
+        self.to_input = ToModelInput()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         view = self.sampler(image.shape[-2], image.shape[-1])
-        pixels = render_view(image, view, self.params.output_size, self.params.blur_kernel_size)
-        return torch.addcmul(self.shift, pixels, self.scale)
+        return self.to_input(render_view(image, view, self.params.output_size, self.params.blur_kernel_size))
 
     def extra_repr(self) -> str:
         return f"{self.params}"
