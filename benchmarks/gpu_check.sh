@@ -7,8 +7,8 @@
 # Sections: (1) training throughput of the paper model (ResNet50@224 + BERT-base) in fp32, bf16 and fp16 autocast,
 # with channels_last and with torch.compile (benchmarks/train_throughput.py); (2) DataLoader views/s of the paper
 # augmentations (torchvision and fused renderers) at several worker counts; (3) a short bf16-autocast pretraining
-# run on synthetic pairs, killed with SIGKILL after its first resume checkpoint and resumed, checked to continue from that checkpoint to the end;
-# (4) text-image retrieval and a linear probe of the pretrained encoder on the GPU; (5) DDP with NCCL over every
+# run on synthetic pairs, killed with SIGKILL after its first resume checkpoint and resumed, checked to continue
+# from that checkpoint to the end; (4) text-image retrieval and a linear probe of the pretrained encoder on the GPU; (5) DDP with NCCL over every
 # visible GPU when there are more than one. Without a CUDA device every CUDA part is skipped with a message, and the
 # same steps run on the CPU at tiny sizes, so the script's own logic (kill, resume, checks, report) is exercised.
 #
