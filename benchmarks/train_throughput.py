@@ -39,7 +39,7 @@ from convirt.config import Config
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset
 from convirt.data.sampling import ResumableStreamSampler
-from convirt.data.transforms import image_transforms
+from convirt.data.views import image_transforms
 from convirt.losses import ConVIRTLoss
 from convirt.models import ConVIRT, create_image_encoder
 from convirt.models.text import TextEncoder

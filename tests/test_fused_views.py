@@ -24,10 +24,9 @@ from convirt.data.transforms import (
     AugmentationParams,
     ToModelInput,
     gaussian_blur,
-    image_transforms,
     paper_augmentation,
 )
-from convirt.data.views import FusedAugmentation, ViewParams, ViewSampler, render_view
+from convirt.data.views import FusedAugmentation, ViewParams, ViewSampler, image_transforms, render_view
 from convirt.errors import ConfigError
 
 

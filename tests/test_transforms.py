@@ -14,10 +14,10 @@ from convirt.data.transforms import (
     RandomAreaCrop,
     RandomGaussianBlur,
     gaussian_blur,
-    image_transforms,
     pad_resize_transform,
     paper_augmentation,
 )
+from convirt.data.views import image_transforms
 
 
 def test_pipeline_has_the_papers_parameters_in_order() -> None:

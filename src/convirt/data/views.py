@@ -1,4 +1,5 @@
-"""The paper's augmentation family t_v rendered in one warp: the fused pipeline (``data.augment.pipeline: fused``).
+"""The paper's augmentation family t_v rendered in one warp: the fused pipeline (``data.augment.pipeline: fused``),
+and :func:`image_transforms`, which picks the renderer of a config's training views.
 
 The reference pipeline (:func:`convirt.data.transforms.paper_augmentation`, torchvision modules applied one after
 another at the crop's resolution) spends most of its time on the Gaussian blur of a differently sized crop each
@@ -37,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop as _RRC
 
-from convirt.data.transforms import AugmentationParams, ToModelInput, paper_augmentation
+from convirt.config import Config
+from convirt.data.transforms import AugmentationParams, ToModelInput, paper_augmentation, resize_transform
 
 # A crop larger than this many times the output size (along a side) is resized first, with antialiasing.
 MAX_WARP_DOWNSCALE = 1.5
@@ -214,3 +216,15 @@ class FusedAugmentation(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.params}"
+
+
+def image_transforms(config: Config, train: bool = True) -> torch.nn.Module:
+    """The paper's augmentation family for training, rendered as ``data.augment.pipeline`` says (``fused``:
+    :class:`FusedAugmentation`; ``torchvision``: :func:`paper_augmentation`), a plain resize for validation and
+    embedding."""
+    params = AugmentationParams.from_config(config.data.augment)
+    if not train:
+        return resize_transform(params.output_size)
+    if config.data.augment.pipeline == "fused":
+        return FusedAugmentation(params)
+    return paper_augmentation(params)
