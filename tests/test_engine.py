@@ -20,7 +20,7 @@ from convirt.api import ConvirtEncoder, load_image_encoder
 from convirt.cli import main as cli_main
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset
-from convirt.data.transforms import image_transforms
+from convirt.data.views import image_transforms
 from convirt.encoders.checkpoint import load_model
 from convirt.encoders.export import export_checkpoint
 from convirt.engine.train import pretrain

@@ -51,7 +51,8 @@ def test_cpu_run_skips_cuda_parts_and_checks_the_resume(tmp_path: Path, tiny_ber
     assert "size: tiny; device: cpu" in report
     # CPU dry runs: the throughput rows, the DataLoader rows, the resume, the retrieval and probe tables
     assert "| fp32 |" in report and "| fp32+cl |" in report
-    assert "| 0 workers (main process) |" in report and "| 1 worker(s) |" in report
+    for pipeline in ("torchvision", "fused"):  # both renderers of the augmentation family
+        assert f"| {pipeline}, 0 workers (main process) |" in report and f"| {pipeline}, 1 worker(s) |" in report
     # the tiny run has 9 steps and a resume checkpoint every 2: killed after step 2, 4, 6 or 8
     assert "Resume check passed: killed after the resume checkpoint of step " in report
     assert "and finished at step 9 of 9" in report

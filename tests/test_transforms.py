@@ -14,10 +14,10 @@ from convirt.data.transforms import (
     RandomAreaCrop,
     RandomGaussianBlur,
     gaussian_blur,
-    image_transforms,
     pad_resize_transform,
     paper_augmentation,
 )
+from convirt.data.views import image_transforms
 
 
 def test_pipeline_has_the_papers_parameters_in_order() -> None:
@@ -44,7 +44,10 @@ def test_pipeline_has_the_papers_parameters_in_order() -> None:
 
 
 def test_config_defaults_build_the_paper_pipeline() -> None:
-    steps = image_transforms(Config(), train=True).transforms
+    assert image_transforms(Config(), train=True).params == AugmentationParams()  # fused (tests/test_fused_views.py)
+    config = Config()
+    config.data.augment.pipeline = "torchvision"
+    steps = image_transforms(config, train=True).transforms
     assert steps[0].area == (0.6, 1.0) and steps[4].sigma == (0.1, 3.0)
 
 

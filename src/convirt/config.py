@@ -51,6 +51,9 @@ class LossConfig:
     gather_distributed: bool = True  # negatives from all processes (with gradients)
 
 
+AUGMENT_PIPELINES = ("fused", "torchvision")
+
+
 @dataclass
 class AugmentConfig:
     crop_area: list[float] = field(default_factory=lambda: [0.6, 1.0])
@@ -64,6 +67,7 @@ class AugmentConfig:
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 3.0])
     blur_kernel_size: int = 23
     output_size: int = 224
+    pipeline: str = "fused"  # fused: one warp (convirt.data.views) | torchvision: the reference modules in sequence
 
 
 @dataclass
@@ -374,5 +378,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"model.head {config.model.head!r}: use mlp or linear")
     if t.keep_checkpoints not in KEEP_CHECKPOINTS:
         raise ConfigError(f"train.keep_checkpoints {t.keep_checkpoints!r}: use one of {', '.join(KEEP_CHECKPOINTS)}")
+    if a.pipeline not in AUGMENT_PIPELINES:
+        raise ConfigError(f"data.augment.pipeline {a.pipeline!r}: use {' or '.join(AUGMENT_PIPELINES)}")
     if d.on_bad_image not in ("skip", "fail"):
         raise ConfigError(f"data.on_bad_image {d.on_bad_image!r}: use skip or fail")

@@ -62,7 +62,9 @@ class PairedDataset(Dataset):
         path = self.manifest.images.item(row, _randint(self.manifest.images.count(row), generator))
         image = pil_to_uint8_tensor(load_image(path, mode="L"))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would also seed every accelerator's generator (outside
+            # fork_rng's restore) and, before CUDA is initialised, format a stack trace per call (~1 ms).
+            torch.default_generator.manual_seed(seed)
             view = self.transform(image)
         return {"image": view, "text": sentence, "index": row}
 

@@ -14,6 +14,9 @@ Inputs are one-channel uint8 images (see :func:`convirt.data.images.load_image`)
 (3, 224, 224) normalised with ImageNet statistics, the channel repeated because ImageNet-shaped encoders expect
 three channels. All randomness comes from torch's global generator, so a caller that seeds it per sample gets
 reproducible views (the paired dataset does, which makes a resumed run draw the same views).
+
+:func:`paper_augmentation` is the reference renderer (``data.augment.pipeline: torchvision``); the default renders
+the same parameter draws in one warp (:mod:`convirt.data.views`, which also picks the renderer of a config).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import RandomResizedCrop as _RRC
 from torchvision.transforms.v2 import functional as TF
 
-from convirt.config import AugmentConfig, Config
+from convirt.config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -186,9 +189,3 @@ def resize_transform(size: int = 224) -> v2.Compose:
 def pad_resize_transform(size: int = 224) -> v2.Compose:
     """Deterministic classification input (Appendix B): zero-pad to square, then resize to size x size."""
     return v2.Compose([PadToSquare(), v2.Resize((size, size), antialias=True), ToModelInput()])
-
-
-def image_transforms(config: Config, train: bool = True) -> v2.Compose:
-    """The paper's augmentation family for training, a plain resize for validation/embedding."""
-    params = AugmentationParams.from_config(config.data.augment)
-    return paper_augmentation(params) if train else resize_transform(params.output_size)

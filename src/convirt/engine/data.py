@@ -13,7 +13,7 @@ from convirt.config import Config
 from convirt.data.manifest import read_paired_manifest
 from convirt.data.paired import PairedCollator, PairedDataset, missing_image_rows
 from convirt.data.sampling import ResumableStreamSampler, ShardedEvalSampler
-from convirt.data.transforms import image_transforms
+from convirt.data.views import image_transforms
 from convirt.errors import ConfigError, ManifestError
 
 log = logging.getLogger("convirt")
