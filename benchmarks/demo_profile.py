@@ -1,11 +1,11 @@
 """Where the demo's pretraining spends its time: step (forward, backward, Adam) vs validation vs checkpoint writes vs
 data loading, from a py-spy profile of the demo's own pretraining settings.
 
-    python benchmarks/demo_profile.py --steps 120 --threads 1        # work folder: /tmp/convirt-demo-profile
+    python benchmarks/demo_profile.py --steps 160 --threads 1        # work folder: /tmp/convirt-demo-profile
 
 Generates and prepares the demo's pretraining set once (4,000 synthetic studies at 128 px, as ``convirt demo``;
 reused when the work folder has it), then runs ``convirt.engine.train.pretrain`` with
-:data:`convirt.demo.config.DEMO_SETTINGS` for ``--steps`` steps (keep a multiple of the demo's 60-step validation
+:data:`convirt.demo.config.DEMO_SETTINGS` for ``--steps`` steps (keep a multiple of the demo's 80-step validation
 and checkpoint interval, so each part has its share) under ``py-spy record --subprocesses``, and prints one
 Markdown table: py-spy's non-idle samples by stage, in seconds, with the main process's measured CPU time. py-spy
 samples a thread that is runnable but waiting for a core like a running one, so on a busy machine the sampled
@@ -80,7 +80,7 @@ def run_pretraining(work: Path, steps: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (OMP_NUM_THREADS)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "convirt-demo-profile")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

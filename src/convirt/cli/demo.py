@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     demo.add_argument("--size", type=int, default=None, help="pretraining pairs (default 4000; --quick 64)")
     demo.add_argument("--eval-size", type=int, default=None, help="labelled evaluation studies (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=None, help="pretraining steps (default: from the config, 600)")
+    demo.add_argument("--steps", type=int, default=None, help="pretraining steps (default: from the config, 400)")
     demo.add_argument("--probe-seeds", type=int, default=None, help="linear-probe seeds (default 3)")
     demo.add_argument("--workers", type=int, default=2, help="processes for generation and preparation")
     demo.add_argument("--config", default=None, help="a pretraining YAML instead of the built-in demo settings")

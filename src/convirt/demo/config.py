@@ -31,10 +31,10 @@ DEMO_SETTINGS: dict[str, object] = {
     "optim.weight_decay": 1.0e-6,
     "loss.temperature": 0.1,
     "loss.lambda_": 0.75,
-    "train.val_every_steps": 60,
-    "train.max_evals": 10,  # 600 steps
+    "train.val_every_steps": 80,
+    "train.max_evals": 5,  # 400 steps
     "train.plateau_patience": 3,
-    "train.checkpoint_every_steps": 60,
+    "train.checkpoint_every_steps": 80,
     "train.log_every_steps": 10,
     "train.limit_val_batches": 4,
     "train.precision": "mixed",

@@ -61,7 +61,7 @@ FIGURES = ("loss_curve.png", "tsne.png", "saliency.png", "contact_sheet.png")
 
 @dataclass
 class DemoSettings:
-    """Sizes of one demo run (defaults: the full demo, about 10 minutes on 2 CPU cores)."""
+    """Sizes of one demo run (defaults: the full demo, about 4 minutes on 2 CPU cores)."""
 
     pretrain_size: int = 4000  # paired studies for pretraining (10 % become the validation split)
     eval_size: int = 2000  # labelled evaluation studies (70/10/20 train/val/test)
