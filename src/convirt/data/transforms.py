@@ -103,7 +103,8 @@ class RandomGaussianBlur(torch.nn.Module):
         return f"kernel_size={self.kernel_size}, sigma={self.sigma}"
 
 
-def _gaussian_weights(half: int, sigma: float) -> torch.Tensor:
+def gaussian_weights(half: int, sigma: float) -> torch.Tensor:
+    """The ``2 half + 1`` taps of a normalised 1-D Gaussian of ``sigma`` pixels."""
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return weights / weights.sum()
@@ -121,8 +122,8 @@ def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.
     half_h, half_w = min(half, height - 1), min(half, width - 1)
     x = image.float().unsqueeze(0)
     x = torch.nn.functional.pad(x, (half_w, half_w, half_h, half_h), mode="reflect")
-    along_w = _gaussian_weights(half_w, sigma).view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    along_h = _gaussian_weights(half_h, sigma).view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    along_w = gaussian_weights(half_w, sigma).view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    along_h = gaussian_weights(half_h, sigma).view(1, 1, -1, 1).expand(channels, 1, -1, 1)
     x = torch.nn.functional.conv2d(x, along_w, groups=channels)
     x = torch.nn.functional.conv2d(x, along_h, groups=channels)
     x = x.squeeze(0)

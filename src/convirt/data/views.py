@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop as _RRC
 
 from convirt.config import Config
-from convirt.data.transforms import AugmentationParams, ToModelInput, paper_augmentation, resize_transform
+from convirt.data.transforms import (
+    AugmentationParams,
+    ToModelInput,
+    gaussian_weights,
+    paper_augmentation,
+    resize_transform,
+)
 
 # A crop larger than this many times the output size (along a side) is resized first, with antialiasing.
 MAX_WARP_DOWNSCALE = 1.5
@@ -148,9 +154,7 @@ def _blur_matrix(size: int, sigma: float, half: int) -> torch.Tensor:
     """(size, size) matrix of a 1-D Gaussian blur with ``2 half + 1`` taps and reflect padding (as the reference's
     :func:`~convirt.data.transforms.gaussian_blur`: the taps cut to ``size - 1`` each side)."""
     half = min(half, size - 1)
-    offsets = torch.arange(-half, half + 1, dtype=torch.float32)
-    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    weights /= weights.sum()
+    weights = gaussian_weights(half, sigma)
     # The banded (Toeplitz) matrix over the padded signal: rows of length L + 1 holding the taps, read with
     # length L, shift by one column per row.
     padded = size + 2 * half
