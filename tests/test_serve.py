@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -313,6 +314,11 @@ def test_an_uploaded_image_is_searched_and_kept_only_in_a_temporary_folder(serve
     assert get_json(url, "/api/upload/u999/image")[0] == 404
 
 
+def _kept_uploads(explorer: Explorer) -> set[Path]:
+    folder = explorer._uploads_dir
+    return set() if folder is None else set(folder.iterdir())
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -323,10 +329,10 @@ def test_an_uploaded_image_is_searched_and_kept_only_in_a_temporary_folder(serve
     ],
 )
 def test_bad_uploads_are_refused_with_a_message(served, body, status, message):
-    before = set(served["explorer"]._uploads_dir.iterdir())
+    before = _kept_uploads(served["explorer"])
     got, result = get_json(served["url"], "/api/upload", "POST", body)
     assert got == status and result["error"].startswith(message)
-    assert set(served["explorer"]._uploads_dir.iterdir()) == before  # nothing kept
+    assert _kept_uploads(served["explorer"]) == before  # nothing kept
 
 
 def test_a_decompression_bomb_upload_is_refused_before_decoding(served):
@@ -337,11 +343,13 @@ def test_a_decompression_bomb_upload_is_refused_before_decoding(served):
     assert status == 400 and f"{side} x {side} pixels is more than the 40,000,000 an upload may have" in result["error"]
 
 
-def test_only_the_last_uploads_are_kept_and_the_temporary_folder_is_removed_on_close(collection, monkeypatch):
+def test_only_the_last_uploads_are_kept_and_the_temporary_folder_is_removed_on_close(collection, monkeypatch, tmp_path):
     import convirt.app.explorer
 
     monkeypatch.setattr(convirt.app.explorer, "KEPT_UPLOADS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the uploads' folder
     explorer = Explorer(ExplorerSettings(collection["index_file"]))
+    assert explorer._uploads_dir is None and not any(tmp_path.iterdir())  # no folder until something is uploaded
     rng = np.random.default_rng(1)
     uploads = [explorer.upload(_png_bytes(Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8))))
                for _ in range(3)]  # fmt: skip
@@ -349,8 +357,9 @@ def test_only_the_last_uploads_are_kept_and_the_temporary_folder_is_removed_on_c
     assert sorted(p.name for p in folder.iterdir()) == uploads[1:]
     with pytest.raises(RequestError, match=f"upload '{uploads[0]}' is gone"):
         explorer.similar(ImageRef(upload=uploads[0]), 3)
+    assert folder.parent == tmp_path
     explorer.close()
-    assert not folder.exists()
+    assert not folder.exists() and not any(tmp_path.iterdir())
 
 
 # -- explanations ---------------------------------------------------------------------------------------------------

