@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "runtime": 1,
     "schedule": 1,
     "config": 1,
+    "imagenet": 1,
     "text": 2,
     "data": 3,
     "models": 3,

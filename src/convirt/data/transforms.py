@@ -31,9 +31,7 @@ from torchvision.transforms import RandomResizedCrop as _RRC
 from torchvision.transforms.v2 import functional as TF
 
 from convirt.config import AugmentConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from convirt.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

