@@ -139,7 +139,8 @@ def tuning_table(runs: Path) -> pd.DataFrame | None:
         name, size = probe.parent.name.rsplit("-", 1)
         scores = pd.read_csv(probe).groupby(["encoder", "fraction"])["test"].agg(["mean", "std"])
         for (encoder, fraction), (mean, std) in scores.iterrows():
-            rows.append({"try": name if name != "reference" else encoder, "probe_size": int(size),
+            label = f"{encoder}{name.removeprefix('reference')}" if name.startswith("reference") else name
+            rows.append({"try": label, "probe_size": int(size),
                          "fraction": fraction, "auc": f"{100 * mean:.1f} ± {100 * std:.1f}"})  # fmt: skip
     if not rows:
         return None

@@ -7,7 +7,8 @@
 #
 # Outputs: $RUNS/tune/NAME (pretraining: logs, summary.json, checkpoints) and $RUNS/tune-probe/NAME-SIZE (summary.md,
 # runs.csv). The reference rows (ImageNet and random init on the same probe) come from `tune.sh reference`;
-# SIZE=224 probes at 224 px (default 128).
+# SIZE=224 probes at 224 px (default 128); ARCH=timm/tf_efficientnet_lite0 makes the reference rows for that
+# architecture (in reference-tf_efficientnet_lite0-SIZE).
 set -euo pipefail
 RUNS=${RUNS:-runs/real-covid}
 THREADS=${THREADS:-1}  # 1 thread per process: on a shared 2-core CPU, 2 threads spin and lose time
@@ -19,9 +20,11 @@ PROBE=(--dataset "manifest:$RUNS/tasks/kermany-tune.csv" --protocol linear --fra
   --image-size "$SIZE" --threads "$THREADS" --cache-dir "$RUNS/tune-features")
 mkdir -p "$RUNS/tune" "$RUNS/tune-probe"
 if [ "$name" = reference ]; then
-  IMAGENET=$(python -c "from convirt.models.image import offline_imagenet_file as f; print(f('mobilenet_v2'))")
-  convirt evaluate classify "${PROBE[@]}" --encoder random:mobilenet_v2 --name random \
-    --encoder "mobilenet_v2=$IMAGENET" --name imagenet --output "$RUNS/tune-probe/reference-$SIZE"
+  ARCH=${ARCH:-mobilenet_v2}
+  IMAGENET=$(python -c "from convirt.models.image import offline_imagenet_file as f; print(f('$ARCH'))")
+  [ "$ARCH" = mobilenet_v2 ] && folder=reference-$SIZE || folder=reference-${ARCH##*/}-$SIZE
+  convirt evaluate classify "${PROBE[@]}" --encoder "random:$ARCH" --name random \
+    --encoder "$ARCH=$IMAGENET" --name imagenet --output "$RUNS/tune-probe/$folder"
   exit
 fi
 if [ ! -f "$RUNS/tune/$name/summary.json" ]; then
