@@ -14,7 +14,7 @@ from conftest import tiny_overrides, write_paired_manifest
 from convirt.cli import main
 from convirt.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from convirt.encoders.spec import initial_weights_spec, load_image_encoder
-from convirt.errors import ModelLoadError
+from convirt.errors import ModelLoadError, UnsafeFileError
 from convirt.models.image import create_image_encoder
 
 NAME = "timm/tf_efficientnet_lite0"
@@ -151,3 +151,27 @@ def test_pretraining_starts_from_the_offline_weights_and_its_checkpoint_evaluate
         k for k, v in pretrained.backbone.state_dict().items() if not torch.equal(v, initial.backbone.state_dict()[k])
     ]
     assert moved and "conv_stem.weight" in moved  # two steps trained the encoder from the ImageNet weights
+
+
+class CreatesAFile:
+    """Unpickling this (``torch.load(weights_only=False)``) creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_weights_file_in_this_layout_is_refused_and_runs_nothing(weights_file: Path, tmp_path: Path):
+    marker = tmp_path / "pwned"
+    shipped = torch.load(weights_file, map_location="cpu", weights_only=True)
+    crafted = tmp_path / "efficientnet-lite0.pth"
+    torch.save({**shipped, "boom": CreatesAFile(marker)}, crafted)
+    with pytest.raises(UnsafeFileError, match="contains objects other than tensors and plain data"):
+        create_image_encoder(NAME, crafted)
+    with pytest.raises(UnsafeFileError):
+        load_image_encoder(f"{NAME}={crafted}")
+    assert not marker.exists()
+    torch.load(crafted, weights_only=False)  # what convirt never does: the payload is live
+    assert marker.exists()

