@@ -87,7 +87,7 @@ class ViewSampler:
 
     def __call__(self, height: int, width: int) -> ViewParams:
         top, left, crop_h, crop_w = _RRC.get_params(_shape_only(height, width), self.crop_area, self.crop_ratio)
-        flip = not bool(torch.rand(1) >= self.hflip_p)  # RandomHorizontalFlip: no flip when rand >= p
+        flip = bool(torch.rand(1) < self.hflip_p)  # RandomHorizontalFlip's draw: no flip when rand >= p
         affine = self.affine.make_params([_shape_only(crop_h, crop_w)])
         jitter = self.jitter.make_params([])
         order = jitter["fn_idx"].tolist()

@@ -228,6 +228,14 @@ class TextEncoder(nn.Module):
                 f"model.frozen_text_cache supports BERT-style text models (embeddings + encoder.layer), not "
                 f"{type(model).__name__}; set model.frozen_text_cache=0"
             )
+        if self.frozen_cache:
+            try:
+                from transformers.masking_utils import create_bidirectional_mask  # noqa: F401
+            except ImportError as exc:
+                raise ConfigError(
+                    "model.frozen_text_cache needs a transformers release with masking_utils (pip install -U "
+                    "transformers); set model.frozen_text_cache=0"
+                ) from exc
         # weights loaded into the frozen block (a checkpoint, a resume) make every cached output stale
         self._register_load_state_dict_pre_hook(self._clear_on_load)
 
@@ -257,15 +265,15 @@ class TextEncoder(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         if self.frozen_cache:
-            return pool_tokens(self._cached_forward(input_ids, attention_mask, token_type_ids), attention_mask,
-                               self.pooling)  # fmt: skip
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        return pool_tokens(outputs.last_hidden_state, attention_mask, self.pooling)
+            hidden = self._cached_forward(input_ids, attention_mask, token_type_ids)
+        else:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return pool_tokens(hidden, attention_mask, self.pooling)
 
-    def _frozen_output(self, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-        """The frozen block's output (T, H) for one unpadded sentence, from the cache or computed (and kept)."""
-        key = (tuple(ids.tolist()), None if types is None else tuple(types.tolist()))
+    def _frozen_output(self, key: tuple, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        """The frozen block's output (T, H) for one unpadded sentence (``key``: its token ids and token types as
+        tuples), from the cache or computed (and kept)."""
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -298,9 +306,12 @@ class TextEncoder(nn.Module):
         if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
             raise ConfigError("model.frozen_text_cache needs right-padded batches (padding after the tokens)")
         hidden = input_ids.new_zeros((*input_ids.shape, self.feature_dim), dtype=torch.float32)
+        ids_rows = input_ids.tolist()  # one device-to-host copy per batch for the cache keys
+        types_rows = None if token_type_ids is None else token_type_ids.tolist()
         for row, length in enumerate(lengths.tolist()):
+            key = (tuple(ids_rows[row][:length]), None if types_rows is None else tuple(types_rows[row][:length]))
             types = None if token_type_ids is None else token_type_ids[row, :length]
-            hidden[row, :length] = self._frozen_output(input_ids[row, :length], types)
+            hidden[row, :length] = self._frozen_output(key, input_ids[row, :length], types)
         trainable = transformer_layers(self.model)[self.freeze_layers :]
         if len(trainable):
             from transformers.masking_utils import create_bidirectional_mask
